@@ -1,0 +1,180 @@
+"""Identity adapter files (DESIGN §5): LoRA tensors under diffusers/PEFT names plus `aa_adapter` metadata,
+and merging them into the UNet through peft layers with a finite check."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .errors import AAError, atomic_path
+
+ADAPTER_FORMAT = "aa-adapter/1"
+METADATA_KEY = "aa_adapter"
+DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"  # read by diffusers' load_lora_weights for rank/alpha
+# The spatial transformer blocks' cross-attention only; motion modules' attn2 is temporal self-attention.
+SPATIAL_ATTN2 = r".*attentions\.\d+\.transformer_blocks\.\d+\.attn2\.(to_q|to_k|to_v|to_out\.0)"
+_TENSOR_NAME = re.compile(r"^unet\.(?P<module>.+)\.lora_(?P<ab>[AB])\.weight$")
+
+
+@dataclass
+class Adapter:
+    """A loaded adapter: LoRA tensors keyed by UNet module path, and its metadata."""
+
+    path: Path
+    lora_A: dict[str, torch.Tensor]  # module path → (r, in)
+    lora_B: dict[str, torch.Tensor]  # module path → (out, r)
+    meta: dict
+    sha256: str = ""
+
+    @property
+    def rank(self) -> int:
+        return int(self.meta["rank"])
+
+    @property
+    def alpha(self) -> float:
+        return float(self.meta["alpha"])
+
+    @property
+    def base_fingerprint(self) -> str:
+        return self.meta.get("base_fingerprint", "")
+
+    @property
+    def identifier(self) -> str:
+        return self.meta.get("identifier", "")
+
+    @property
+    def bone_lengths(self) -> np.ndarray | None:
+        b = self.meta.get("bone_lengths")
+        return None if b is None else np.array([np.nan if v is None else v for v in b], dtype=np.float32)
+
+
+def adapter_metadata(*, identifier: str, class_word: str, rank: int, alpha: float, base_fingerprint: str,
+                     target_modules: str = SPATIAL_ATTN2, bone_lengths=None, training: dict | None = None) -> dict:
+    """The `aa_adapter` metadata document."""
+    if bone_lengths is not None:
+        bone_lengths = [None if not np.isfinite(v) else round(float(v), 5) for v in bone_lengths]
+    return {"format": ADAPTER_FORMAT, "identifier": identifier, "class_word": class_word, "rank": int(rank),
+            "alpha": float(alpha), "target_modules": target_modules, "base_fingerprint": base_fingerprint,
+            "bone_lengths": bone_lengths, "training": training or {},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def save_adapter(path: str | Path, lora_A: dict[str, torch.Tensor], lora_B: dict[str, torch.Tensor],
+                 meta: dict, dtype: torch.dtype = torch.float32) -> Path:
+    """Write an adapter file atomically (safetensors; never pickle)."""
+    if set(lora_A) != set(lora_B) or not lora_A:
+        raise AAError("adapter tensors", f"{len(lora_A)} A vs {len(lora_B)} B matrices", "give matching non-empty A/B")
+    tensors = {}
+    for name in sorted(lora_A):
+        tensors[f"unet.{name}.lora_A.weight"] = lora_A[name].detach().to("cpu", dtype).contiguous()
+        tensors[f"unet.{name}.lora_B.weight"] = lora_B[name].detach().to("cpu", dtype).contiguous()
+    diffusers_meta = {"unet.r": meta["rank"], "unet.lora_alpha": meta["alpha"],
+                      "unet.target_modules": sorted(lora_A)}
+    header = {"format": "pt", METADATA_KEY: json.dumps(meta),
+              DIFFUSERS_METADATA_KEY: json.dumps(diffusers_meta, sort_keys=True)}
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
+    return path
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_adapter(path: str | Path) -> Adapter:
+    """Read and validate an adapter file."""
+    path = Path(path)
+    if not path.is_file():
+        raise AAError("adapter", f"{path} does not exist", "pass the .safetensors written by aa-train identity")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise AAError("adapter", f"{path} is not a readable safetensors file ({str(e)[:80]})",
+                      "re-create it with aa-train identity") from None
+    if METADATA_KEY not in header:
+        raise AAError("adapter", f"{path} has no '{METADATA_KEY}' metadata",
+                      "this is not an AnimateAnywhere identity adapter; re-create it with aa-train identity")
+    try:
+        meta = json.loads(header[METADATA_KEY])
+    except json.JSONDecodeError:
+        raise AAError("adapter metadata", f"{path}: '{METADATA_KEY}' is not JSON", "re-create the adapter") from None
+    if meta.get("format") != ADAPTER_FORMAT:
+        raise AAError("adapter format", f"{path}: {meta.get('format')!r}", f"expected {ADAPTER_FORMAT!r}")
+    lora_A, lora_B = {}, {}
+    for key, t in tensors.items():
+        m = _TENSOR_NAME.match(key)
+        if not m:
+            raise AAError("adapter tensor", f"{path}: unexpected tensor {key!r}",
+                          "adapters hold only unet.<module>.lora_A/B.weight tensors")
+        (lora_A if m["ab"] == "A" else lora_B)[m["module"]] = t
+    if set(lora_A) != set(lora_B) or not lora_A:
+        raise AAError("adapter", f"{path}: A/B tensors do not pair up", "re-create the adapter")
+    for name in lora_A:
+        if lora_A[name].shape[0] != meta["rank"] or lora_B[name].shape[1] != meta["rank"]:
+            raise AAError("adapter", f"{path}: {name} shapes {tuple(lora_A[name].shape)}/{tuple(lora_B[name].shape)} "
+                          f"do not match rank {meta['rank']}", "re-create the adapter")
+    return Adapter(path, lora_A, lora_B, meta, _file_sha256(path))
+
+
+def attach_lora(unet: torch.nn.Module, rank: int, alpha: float, target_modules: str | list[str],
+                adapter_name: str = "identity") -> None:
+    """Wrap the target modules of `unet` in peft LoRA layers (B starts at zero: output unchanged)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=target_modules, init_lora_weights=True)
+    inject_adapter_in_model(config, unet, adapter_name=adapter_name)
+
+
+def merge_adapter(unet: torch.nn.Module, adapter: Adapter, *, base_fingerprint: str, force: bool = False,
+                  adapter_name: str = "identity") -> None:
+    """Fold an adapter into the UNet's weights: W ← W + (alpha / r) · B A, through peft's safe merge."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils import set_peft_model_state_dict
+
+    if adapter.base_fingerprint != base_fingerprint and not force:
+        raise AAError("adapter", f"{adapter.path} was made for base {adapter.base_fingerprint or 'unknown'}, "
+                      f"this base is {base_fingerprint}", "use the base it was trained on, or pass --force")
+    modules = dict(unet.named_modules())
+    missing = [n for n in adapter.lora_A if n not in modules]
+    if missing:
+        raise AAError("adapter", f"{adapter.path}: {len(missing)} target modules not in this UNet (e.g. {missing[0]})",
+                      "use an adapter trained for this base architecture")
+    attach_lora(unet, adapter.rank, adapter.alpha, sorted(adapter.lora_A), adapter_name)
+    state = {}
+    for name in adapter.lora_A:
+        state[f"{name}.lora_A.weight"] = adapter.lora_A[name]
+        state[f"{name}.lora_B.weight"] = adapter.lora_B[name]
+    result = set_peft_model_state_dict(unet, state, adapter_name=adapter_name)
+    bad = [k for k in result.unexpected_keys if "lora_" in k]
+    if bad:
+        raise AAError("adapter", f"{adapter.path}: {len(bad)} tensors were not loaded (e.g. {bad[0]})",
+                      "the adapter does not fit this UNet")
+    for name, module in list(unet.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            try:
+                module.merge(safe_merge=True, adapter_names=[adapter_name])
+            except ValueError as e:
+                raise AAError("adapter", f"{adapter.path}: merging {name} gives non-finite weights ({e})",
+                              "the adapter is broken; re-train it") from None
+            parent, _, child = name.rpartition(".")
+            setattr(modules[parent] if parent else unet, child, module.get_base_layer())
+    configs = getattr(unet, "peft_config", None)
+    if isinstance(configs, dict):
+        configs.pop(adapter_name, None)
+        if not configs:
+            del unet.peft_config

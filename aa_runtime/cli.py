@@ -1,0 +1,209 @@
+"""`aa-run`: generate a pose-driven video from a prompt (parses flags, calls `run()`, prints what it wrote)."""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from .errors import AAError
+from .schedulers import SCHEDULERS
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything `aa-run` needs; validated once."""
+
+    prompt: str
+    output: Path
+    base: str | None = None
+    motion_module: str | None = None
+    adapter: str | None = None
+    force: bool = False
+    retarget: bool = True
+    negative_prompt: str = ""
+    pose: str | None = None
+    pose_backend: str = "auto"
+    motion: str | None = None
+    pose_fit: str = "person"
+    frames: int | None = None
+    fps: float | None = None
+    height: int | None = None
+    width: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    scheduler: str | None = None
+    seed: int = 0
+    window: int | None = None
+    overlap: int | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    backend: str = "torch"
+    onnx: str | None = None
+    gif: bool = True
+    progress: bool = True
+
+    def __post_init__(self):
+        if (self.pose is None) == (self.motion is None):
+            raise AAError("pose input", "both --pose and --motion" if self.pose else "neither --pose nor --motion",
+                          "give exactly one of --pose FILE or --motion NAME")
+        if self.output.suffix.lower() != ".mp4":
+            raise AAError("output", self.output, "give an .mp4 path (gif, preview and sidecar are written beside it)")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise AAError("device", self.device, "use auto, cpu, cuda or cuda:N")
+        if self.dtype not in DTYPES:
+            raise AAError("dtype", self.dtype, f"use one of {', '.join(DTYPES)}")
+
+
+def resolve_device(device: str, dtype: str):
+    """('auto'|'cpu'|'cuda[:N]', dtype name) → (torch.device, torch.dtype), with one-line errors."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise AAError("device", device, "no CUDA GPU is visible to torch here; use --device cpu")
+    if dtype == "auto":
+        dtype = "float16" if device.startswith("cuda") else "float32"
+    if device == "cpu" and dtype == "float16":
+        raise AAError("dtype", "float16 on cpu", "use float32 or bfloat16 on a CPU")
+    return torch.device(device), getattr(torch, dtype)
+
+
+def run(cfg: RunConfig) -> dict[str, Path]:
+    """Load the base, merge the adapter, get poses, sample, and write mp4 + gif + preview + JSON sidecar."""
+    import torch
+
+    from .adapters import load_adapter
+    from .model import load_base
+    from .pipeline import AnimatePipeline
+    from .pose_sources import load_pose_source, motion_poses
+    from .video import side_by_side, write_json, write_video
+
+    device, dtype = resolve_device(cfg.device, cfg.dtype)
+    adapter = load_adapter(cfg.adapter) if cfg.adapter else None  # check inputs before the slow load
+    pose_seq = load_pose_source(cfg.pose, cfg.pose_backend) if cfg.pose else None
+    base = load_base(cfg.base, cfg.motion_module, device=device, dtype=dtype)
+    pipe = AnimatePipeline.from_base(base)
+    if adapter is not None:
+        pipe.set_identity(adapter, force=cfg.force)
+    if cfg.backend != "torch":
+        from .backends import make_backend
+
+        pipe.set_backend(make_backend(cfg.backend, pipe.unet, onnx_path=cfg.onnx, device=device))
+    d = base.defaults
+    width, height = cfg.width or d.width, cfg.height or d.height
+    fps = cfg.fps or (pose_seq.fps if pose_seq is not None else d.fps)
+    if pose_seq is None:
+        frames = cfg.frames or d.frames
+        pose_seq = motion_poses(cfg.motion, frames, fps, width, height)
+    else:
+        frames = cfg.frames or max(1, round(pose_seq.frames / pose_seq.fps * fps))
+    out = pipe(cfg.prompt, pose_seq, negative_prompt=cfg.negative_prompt, num_frames=frames, fps=fps,
+               height=height, width=width, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance,
+               scheduler=cfg.scheduler, seed=cfg.seed, window=cfg.window, overlap=cfg.overlap,
+               pose_fit=cfg.pose_fit, retarget_poses=cfg.retarget, progress=cfg.progress)
+
+    stem = cfg.output.with_suffix("")
+    written = {"video": write_video(cfg.output, out.frames, fps)}
+    if cfg.gif:
+        written["gif"] = write_video(stem.with_suffix(".gif"), out.frames, fps)
+    written["preview"] = write_video(Path(f"{stem}.preview.mp4"), side_by_side(out.pose_frames, out.frames), fps)
+    sidecar = {
+        "prompt": cfg.prompt, "negative_prompt": cfg.negative_prompt, "seed": cfg.seed,
+        "steps": cfg.steps or d.steps, "scheduler": cfg.scheduler or d.scheduler,
+        "guidance": d.guidance if cfg.guidance is None else cfg.guidance,
+        "frames": int(out.frames.shape[0]), "fps": fps, "width": width, "height": height,
+        "window": cfg.window or d.window, "overlap": d.overlap if cfg.overlap is None else cfg.overlap,
+        "pose_source": cfg.pose or f"motion:{cfg.motion}", "pose_fit": cfg.pose_fit,
+        "base": base.source, "base_fingerprint": base.fingerprint,
+        "adapter": str(cfg.adapter) if cfg.adapter else None,
+        "adapter_sha256": adapter.sha256 if adapter else None, "retarget": cfg.retarget and adapter is not None,
+        "backend": pipe.backend.name, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
+        "timings": {k: round(v, 4) if isinstance(v, float) else v for k, v in out.timings.items()},
+        "versions": _versions(),
+    }
+    written["sidecar"] = write_json(stem.with_suffix(".json"), sidecar)
+    return written
+
+
+def _versions() -> dict:
+    import diffusers
+    import torch
+
+    from . import __version__
+
+    return {"animate_anywhere": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__}
+
+
+def quiet_libraries() -> None:
+    """Keep library chatter (dtype-cast notices, hub hints) out of the user's terminal."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
+def fail(e: Exception) -> None:
+    """Print a user error as one line and exit 2."""
+    click.echo(f"error: {e}", err=True)
+    sys.exit(2)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--prompt", required=True, help='Text prompt, e.g. "a <me> man on a beach".')
+@click.option("--negative-prompt", default="", show_default=True, help="What to steer away from (CFG).")
+@click.option("--base", default=None, help="aa bundle or SD1.5 diffusers folder [default: $AA_BASE or models/aa-tiny].")
+@click.option("--motion-module", default=None, help="AnimateDiff motion module (folder or file), with an SD1.5 --base.")
+@click.option("--adapter", default=None, help="Identity adapter .safetensors from aa-train identity.")
+@click.option("--force", is_flag=True, help="Merge an adapter made for another base anyway.")
+@click.option("--no-retarget", is_flag=True, help="Keep the driving poses' bone lengths (skip retargeting).")
+@click.option("--pose", default=None, help="Driving poses: a video (its .aa.json sidecar or mediapipe) or an .aa.json.")
+@click.option("--pose-backend", type=click.Choice(["auto", "sidecar", "mediapipe"]), default="auto", show_default=True,
+              help="How to get poses from a --pose video.")
+@click.option("--motion", default=None, help="Built-in motion instead of --pose: walk, run, wave, jump, dance, turn, squat.")
+@click.option("--pose-fit", type=click.Choice(["person", "frame"]), default="person", show_default=True,
+              help="Fit the person's box into the frame, or letterbox the source frame.")
+@click.option("--frames", type=int, default=None, help="Frames to generate [default: the pose source's duration].")
+@click.option("--fps", type=float, default=None, help="Output frame rate [default: the pose source's].")
+@click.option("--height", type=int, default=None, help="Output height in pixels [default: the base's].")
+@click.option("--width", type=int, default=None, help="Output width in pixels [default: the base's].")
+@click.option("--steps", type=int, default=None, help="Denoising steps [default: the base's, 25].")
+@click.option("--guidance", type=float, default=None, help="Classifier-free guidance scale; 1 = off.")
+@click.option("--scheduler", type=click.Choice(SCHEDULERS), default=None, help="Sampler [default: dpm++].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Noise seed (same seed → same video on CPU).")
+@click.option("--window", type=int, default=None, help="Frames per denoising window [default: 16].")
+@click.option("--overlap", type=int, default=None, help="Frames shared by neighbouring windows [default: 4].")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
+              help="Weights dtype (auto: float16 on CUDA, float32 on CPU).")
+@click.option("--backend", type=click.Choice(["torch", "torch-compile", "onnxruntime", "tensorrt"]), default="torch",
+              show_default=True, help="How the UNet runs.")
+@click.option("--onnx", default=None, help="Exported UNet (.onnx for onnxruntime, .plan for tensorrt).")
+@click.option("--no-gif", is_flag=True, help="Do not write the gif.")
+@click.option("-o", "--output", default="out/aa-run.mp4", show_default=True, type=click.Path(path_type=Path),
+              help="Output mp4; OUT.gif, OUT.preview.mp4 and OUT.json are written beside it.")
+def main(prompt, negative_prompt, base, motion_module, adapter, force, no_retarget, pose, pose_backend, motion,
+         pose_fit, frames, fps, height, width, steps, guidance, scheduler, seed, window, overlap, device, dtype,
+         backend, onnx, no_gif, output):
+    """Generate a video of PROMPT, moving as the --pose video or the built-in --motion says."""
+    quiet_libraries()
+    try:
+        cfg = RunConfig(prompt=prompt, output=output, base=base, motion_module=motion_module, adapter=adapter,
+                        force=force, retarget=not no_retarget, negative_prompt=negative_prompt, pose=pose,
+                        pose_backend=pose_backend, motion=motion, pose_fit=pose_fit, frames=frames, fps=fps,
+                        height=height, width=width, steps=steps, guidance=guidance, scheduler=scheduler, seed=seed,
+                        window=window, overlap=overlap, device=device, dtype=dtype, backend=backend, onnx=onnx,
+                        gif=not no_gif, progress=sys.stderr.isatty() or not os.environ.get("CI"))
+        written = run(cfg)
+    except AAError as e:
+        fail(e)
+    for kind, path in written.items():
+        click.echo(f"{kind:>8}: {path}")
+
+
+if __name__ == "__main__":
+    main()

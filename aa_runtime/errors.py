@@ -1,0 +1,51 @@
+"""User-facing errors: one line naming the input, the value, and the fix (DESIGN §9)."""
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+class AAError(ValueError):
+    """An input problem the user can fix; the CLI prints it as one line, never a traceback."""
+
+    def __init__(self, what: str, value: object, fix: str):
+        self.what, self.value, self.fix = what, value, fix
+        super().__init__(f"{what}: {value!s} — {fix}")
+
+
+class MissingDependencyError(AAError):
+    """An optional package is not installed; names the extra that brings it."""
+
+    def __init__(self, package: str, extra: str, purpose: str):
+        super().__init__(
+            f"{purpose} needs the optional package '{package}'",
+            "not installed",
+            f"install it with: pip install 'animate-anywhere[{extra}]'",
+        )
+
+
+def require_file(path: str | os.PathLike, what: str, fix: str) -> Path:
+    """Return `path` as a Path, or raise AAError if it is not an existing file."""
+    p = Path(path)
+    if not p.is_file():
+        raise AAError(what, f"{p} does not exist" if not p.exists() else f"{p} is not a file", fix)
+    return p
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path` (same suffix); rename it over `path` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

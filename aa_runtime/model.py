@@ -1,0 +1,448 @@
+"""The pose-conditioned video UNet and its base bundle (DESIGN §3).
+
+A base is a diffusers-style folder: `unet/` (UNetMotionModel, in_channels = 8: 4 noisy-latent + 4
+pose-latent channels), `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`, and `aa_bundle.json`
+(format, fingerprint, sampling defaults, provenance). It is built either from such a bundle or from a
+local Stable Diffusion 1.5 folder plus an AnimateDiff motion module, with `conv_in` widened to 8
+channels whose new half starts at zero. Nothing is ever downloaded.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import AAError
+from .tokenizer import load_clip_tokenizer, train_clip_tokenizer
+
+BUNDLE_FORMAT = "aa-bundle/1"
+MANIFEST = "aa_bundle.json"
+POSE_CHANNELS = 4
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_BUNDLE = REPO_ROOT / "models" / "aa-tiny"
+
+# Keys that checkpoints may legitimately lack or carry beyond the module's own state (checked explicitly).
+_OPTIONAL_MISSING = ("pos_embed.pe", "position_ids")
+_IGNORABLE_UNEXPECTED = ("position_ids",)
+
+
+@dataclass
+class SampleDefaults:
+    """Sampling defaults a bundle ships with (what `aa-run` uses when a flag is not given)."""
+
+    width: int = 64
+    height: int = 64
+    frames: int = 16
+    fps: float = 8.0
+    steps: int = 25
+    guidance: float = 5.0
+    scheduler: str = "dpm++"
+    window: int = 16
+    overlap: int = 4
+
+
+@dataclass
+class BaseModel:
+    """The loaded components of a base, plus what identifies it."""
+
+    unet: "UNetMotionModel"  # noqa: F821
+    vae: "AutoencoderKL"  # noqa: F821
+    text_encoder: "CLIPTextModel"  # noqa: F821
+    tokenizer: "CLIPTokenizer"  # noqa: F821
+    scheduler_config: dict
+    fingerprint: str
+    defaults: SampleDefaults
+    source: str
+    manifest: dict = field(default_factory=dict)
+
+    @property
+    def vae_scale(self) -> int:
+        """Spatial down-sampling factor of the VAE (8 for SD1.5, 4 for aa-tiny)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+
+# ----------------------------------------------------------------------------------------- fingerprint
+def fingerprint(*modules: torch.nn.Module) -> str:
+    """Fingerprint of modules' weights (see `fingerprint_states`)."""
+    return fingerprint_states(*(m.state_dict() for m in modules))
+
+
+def fingerprint_states(*states: dict[str, torch.Tensor]) -> str:
+    """Content hash of weights, independent of dtype and device: every tensor's name, shape and a
+    fixed strided sample of ≤ 4,096 of its values rounded to fp16 (fast at SD1.5 size)."""
+    h = hashlib.sha256()
+    for i, state in enumerate(states):
+        for name, t in sorted(state.items()):
+            flat = t.detach().reshape(-1)
+            step = max(1, flat.numel() // 4096)
+            sample = flat[::step][:4096].to("cpu", torch.float16)
+            h.update(f"{i}:{name}:{tuple(t.shape)}".encode())
+            h.update(sample.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------- state dicts
+def _load_weights(file: Path, what: str, fix: str) -> dict[str, torch.Tensor]:
+    """Read a safetensors file (or a `weights_only` torch checkpoint) with one-line errors."""
+    if not file.is_file():
+        raise AAError(what, f"{file} is missing", fix)
+    try:
+        if file.suffix == ".safetensors":
+            return load_file(str(file))
+        sd = torch.load(str(file), map_location="cpu", weights_only=True)
+        return sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+    except (SafetensorError, OSError, RuntimeError, ValueError, EOFError) as e:
+        raise AAError(what, f"{file} is corrupted or unreadable ({type(e).__name__}: {str(e)[:80]})",
+                      f"re-download or re-create it; {fix}") from None
+
+
+def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, file: Path) -> None:
+    """load_state_dict that tolerates only known-optional keys and names what does not fit."""
+    result = module.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith(_OPTIONAL_MISSING)]
+    unexpected = [k for k in result.unexpected_keys if not k.endswith(_IGNORABLE_UNEXPECTED)]
+    if missing or unexpected:
+        detail = (f"{len(missing)} missing (e.g. {missing[0]})" if missing else "") + \
+                 (", " if missing and unexpected else "") + \
+                 (f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "")
+        raise AAError(what, f"{file} does not fit the model config: {detail}",
+                      "check that the weights and config.json come from the same model")
+
+
+def _read_config(folder: Path, what: str, fix: str) -> dict:
+    cfg = folder / "config.json"
+    if not cfg.is_file():
+        raise AAError(what, f"{cfg} is missing", fix)
+    try:
+        return json.loads(cfg.read_text())
+    except json.JSONDecodeError as e:
+        raise AAError(what, f"{cfg} is not valid JSON ({e.msg})", fix) from None
+
+
+def _weights_file(folder: Path, names: tuple[str, ...], what: str, fix: str) -> Path:
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    raise AAError(what, f"no weights in {folder} (looked for {', '.join(names)})", fix)
+
+
+def _load_diffusers_model(cls, folder: Path, what: str, fix: str):
+    """Build a diffusers model from its config.json and load its weights strictly."""
+    config = _read_config(folder, what, fix)
+    model = cls.from_config(config)
+    file = _weights_file(folder, ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"), what, fix)
+    load_state_strict(model, _load_weights(file, what, fix), what, file)
+    return model
+
+
+def _load_text_encoder(folder: Path, fix: str):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    what = "text encoder"
+    config = CLIPTextConfig.from_dict(_read_config(folder, what, fix))
+    model = CLIPTextModel(config)
+    file = _weights_file(folder, ("model.safetensors", "pytorch_model.bin"), what, fix)
+    load_state_strict(model, _load_weights(file, what, fix), what, file)
+    return model
+
+
+def _load_tokenizer(folder: Path, fix: str):
+    for name in ("vocab.json", "merges.txt"):
+        if not (folder / name).is_file():
+            raise AAError("tokenizer", f"{folder / name} is missing", fix)
+    return load_clip_tokenizer(folder)
+
+
+def _scheduler_config(folder: Path) -> dict:
+    file = folder / "scheduler_config.json"
+    if not file.is_file():
+        raise AAError("scheduler", f"{file} is missing", "copy scheduler/scheduler_config.json from the model")
+    return json.loads(file.read_text())
+
+
+# ----------------------------------------------------------------------------------------- widening
+def widen_conv_in(unet: torch.nn.Module, in_channels: int = 4 + POSE_CHANNELS) -> torch.nn.Module:
+    """Widen `conv_in` to `in_channels`; the new input channels get zero weights, so the widened UNet
+    equals the original whenever the extra (pose) channels are ignored."""
+    old = unet.conv_in
+    if old.in_channels == in_channels:
+        return unet
+    if old.in_channels > in_channels:
+        raise AAError("conv_in channels", old.in_channels, f"cannot narrow to {in_channels}")
+    new = torch.nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
+                          dtype=old.weight.dtype, device=old.weight.device)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, : old.in_channels] = old.weight
+        new.bias.copy_(old.bias)
+    unet.conv_in = new
+    unet.register_to_config(in_channels=in_channels)
+    return unet
+
+
+# ----------------------------------------------------------------------------------------- loading
+def resolve_base(base: str | os.PathLike | None) -> Path:
+    """The base path to load: the argument, else $AA_BASE, else the embedded bundle."""
+    if base is None:
+        base = os.environ.get("AA_BASE") or DEFAULT_BUNDLE
+    return Path(base)
+
+
+def load_base(base: str | os.PathLike | None = None, motion_module: str | os.PathLike | None = None,
+              *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> BaseModel:
+    """Load a base: an aa bundle folder, or an SD1.5 diffusers folder plus an AnimateDiff motion module."""
+    path = resolve_base(base)
+    if not path.exists():
+        if path == DEFAULT_BUNDLE:
+            raise AAError("base model", f"the embedded bundle {path} is missing",
+                          "restore models/aa-tiny from the repository or pass --base PATH")
+        raise AAError("base model", f"{path} does not exist",
+                      "pass an aa bundle folder or a local Stable Diffusion 1.5 folder")
+    if (path / MANIFEST).is_file():
+        model = _load_bundle(path)
+    elif path.is_dir() and (path / "unet").is_dir():
+        if motion_module is None:
+            raise AAError("motion module", "not given for the Stable Diffusion folder " + str(path),
+                          "pass --motion-module PATH (an AnimateDiff motion adapter, e.g. "
+                          "guoyww/animatediff-motion-adapter-v1-5-2 downloaded by you)")
+        model = load_sd15(path, motion_module)
+    elif path.is_file():
+        raise AAError("base model", f"{path} is a single file",
+                      "convert it to a diffusers folder first (diffusers' convert_original_stable_diffusion_to_diffusers.py) "
+                      "and pass that folder with --motion-module")
+    else:
+        raise AAError("base model", f"{path} is neither an aa bundle ({MANIFEST}) nor an SD1.5 folder (unet/)",
+                      "pass the folder that holds unet/, vae/, text_encoder/, tokenizer/, scheduler/")
+    model.unet.to(device=device, dtype=dtype)
+    model.vae.to(device=device, dtype=dtype)
+    model.text_encoder.to(device=device, dtype=dtype)
+    for m in (model.unet, model.vae, model.text_encoder):
+        m.eval().requires_grad_(False)
+    return model
+
+
+def _load_bundle(path: Path) -> BaseModel:
+    from diffusers import AutoencoderKL, UNetMotionModel
+
+    manifest = json.loads((path / MANIFEST).read_text())
+    if manifest.get("format") != BUNDLE_FORMAT:
+        raise AAError("bundle manifest", f"{path / MANIFEST}: format {manifest.get('format')!r}",
+                      f"expected {BUNDLE_FORMAT!r}; re-create the bundle")
+    fix = "the bundle is incomplete: re-create it or restore it from the repository"
+    unet = _load_diffusers_model(UNetMotionModel, path / "unet", "bundle UNet", fix)
+    vae = _load_diffusers_model(AutoencoderKL, path / "vae", "bundle VAE", fix)
+    text_encoder = _load_text_encoder(path / "text_encoder", fix)
+    tokenizer = _load_tokenizer(path / "tokenizer", fix)
+    fp = fingerprint(unet, vae, text_encoder)
+    if manifest.get("fingerprint") and manifest["fingerprint"] != fp:
+        raise AAError("bundle weights", f"{path}: fingerprint {fp} ≠ manifest {manifest['fingerprint']}",
+                      "the weights were changed or corrupted; restore the bundle")
+    defaults = SampleDefaults(**manifest.get("sample", {}))
+    return BaseModel(unet, vae, text_encoder, tokenizer, _scheduler_config(path / "scheduler"), fp,
+                     defaults, str(path), manifest)
+
+
+def load_motion_adapter(path: str | os.PathLike):
+    """An AnimateDiff motion adapter: a diffusers MotionAdapter folder, or one weights file in diffusers or
+    original AnimateDiff naming (its config inferred from the tensor shapes)."""
+    from diffusers import MotionAdapter
+    from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
+
+    path = Path(path)
+    fix = "download an AnimateDiff motion module (e.g. guoyww/animatediff-motion-adapter-v1-5-2) and pass its path"
+    if path.is_dir():
+        return _load_diffusers_model(MotionAdapter, path, "motion module", fix)
+    state = _load_weights(path, "motion module", fix)
+    if any(".temporal_transformer." in k for k in state):
+        state = convert_animatediff_checkpoint_to_diffusers(state)
+    keys = [k for k in state if "motion_modules" in k]
+    if not keys:
+        raise AAError("motion module", f"{path} holds no motion_modules tensors", fix)
+    n_down = 1 + max(int(k.split(".")[1]) for k in keys if k.startswith("down_blocks."))
+    channels = tuple(int(state[f"down_blocks.{i}.motion_modules.0.proj_in.weight"].shape[0]) for i in range(n_down))
+    layers = 1 + max(int(k.split(".")[3]) for k in keys if k.startswith("down_blocks.0.motion_modules."))
+    pe = [v for k, v in state.items() if k.endswith("pos_embed.pe")]
+    groups = state["down_blocks.0.motion_modules.0.norm.weight"].shape[0]
+    adapter = MotionAdapter(
+        block_out_channels=channels, motion_layers_per_block=layers,
+        motion_num_attention_heads=8, motion_norm_num_groups=min(32, groups),
+        motion_max_seq_length=int(pe[0].shape[1]) if pe else 32,
+        use_motion_mid_block=any(k.startswith("mid_block.") for k in keys))
+    load_state_strict(adapter, state, "motion module", path)
+    return adapter
+
+
+def load_sd15(folder: Path, motion_module: str | os.PathLike) -> BaseModel:
+    """SD1.5 diffusers folder + AnimateDiff motion module → pose-conditioned UNetMotionModel (conv_in widened)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel, UNetMotionModel
+
+    fix = "the Stable Diffusion folder needs unet/, vae/, text_encoder/, tokenizer/, scheduler/ (diffusers layout)"
+    unet2d = _load_diffusers_model(UNet2DConditionModel, folder / "unet", "SD1.5 UNet", fix)
+    adapter = load_motion_adapter(motion_module)
+    try:
+        unet = UNetMotionModel.from_unet2d(unet2d, adapter)
+    except ValueError as e:
+        raise AAError("motion module", f"{motion_module} does not fit the UNet ({e})",
+                      "use a motion module made for SD1.5 (AnimateDiff v1/v2/v3)") from None
+    widen_conv_in(unet)
+    vae = _load_diffusers_model(AutoencoderKL, folder / "vae", "SD1.5 VAE", fix)
+    text_encoder = _load_text_encoder(folder / "text_encoder", fix)
+    tokenizer = _load_tokenizer(folder / "tokenizer", fix)
+    fp = fingerprint(unet, vae, text_encoder)
+    defaults = SampleDefaults(width=512, height=512, frames=16, fps=8.0, steps=25, guidance=7.5)
+    manifest = {"format": BUNDLE_FORMAT, "name": folder.name, "fingerprint": fp,
+                "provenance": {"sd15": str(folder), "motion_module": str(motion_module)}}
+    return BaseModel(unet, vae, text_encoder, tokenizer, _scheduler_config(folder / "scheduler"), fp,
+                     defaults, str(folder), manifest)
+
+
+# ----------------------------------------------------------------------------------------- building
+@dataclass(frozen=True)
+class TinyConfig:
+    """Sizes of a small bundle built from scratch (aa-tiny's shape by default)."""
+
+    sample_size: int = 64           # pixel frames
+    unet_channels: tuple[int, ...] = (32, 64, 64)
+    unet_layers: int = 2
+    unet_heads: int = 4
+    motion_heads: int = 4
+    vae_channels: tuple[int, ...] = (32, 64, 64)  # 3 blocks → f = 4
+    latent_channels: int = 4
+    text_dim: int = 64
+    text_layers: int = 2
+    text_heads: int = 2
+    max_tokens: int = 32
+    vocab_size: int = 2048
+
+    def __post_init__(self):
+        if len(self.unet_channels) < 2 or any(c % 8 for c in self.unet_channels + self.vae_channels):
+            raise ValueError(f"channels must be ≥ 2 blocks of multiples of 8, got {self.unet_channels}/{self.vae_channels}")
+        f = 2 ** (len(self.vae_channels) - 1)
+        if self.sample_size % (f * 2 ** (len(self.unet_channels) - 1)):
+            raise ValueError(f"sample_size {self.sample_size} must be divisible by the total down-sampling")
+
+
+def build_unet(cfg: TinyConfig):
+    """A random pose-conditioned UNetMotionModel (in_channels 8)."""
+    from diffusers import UNetMotionModel
+
+    n = len(cfg.unet_channels)
+    return UNetMotionModel(
+        sample_size=cfg.sample_size // 2 ** (len(cfg.vae_channels) - 1),
+        in_channels=cfg.latent_channels + POSE_CHANNELS, out_channels=cfg.latent_channels,
+        down_block_types=("CrossAttnDownBlockMotion",) * (n - 1) + ("DownBlockMotion",),
+        up_block_types=("UpBlockMotion",) + ("CrossAttnUpBlockMotion",) * (n - 1),
+        block_out_channels=cfg.unet_channels, layers_per_block=cfg.unet_layers,
+        norm_num_groups=8, cross_attention_dim=cfg.text_dim, num_attention_heads=cfg.unet_heads,
+        motion_num_attention_heads=cfg.motion_heads, motion_max_seq_length=32, use_motion_mid_block=True,
+    )
+
+
+def build_vae(cfg: TinyConfig):
+    from diffusers import AutoencoderKL
+
+    n = len(cfg.vae_channels)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=cfg.latent_channels,
+        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=cfg.vae_channels, layers_per_block=1, norm_num_groups=8,
+        sample_size=cfg.sample_size, scaling_factor=1.0,
+    )
+
+
+def build_text_encoder(cfg: TinyConfig, vocab_size: int, eos_token_id: int, bos_token_id: int):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=cfg.text_dim, intermediate_size=cfg.text_dim * 4,
+        num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads,
+        max_position_embeddings=cfg.max_tokens, eos_token_id=eos_token_id, bos_token_id=bos_token_id,
+        pad_token_id=eos_token_id,
+    ))
+
+
+DEFAULT_SCHEDULER = {
+    "_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+    "beta_schedule": "scaled_linear", "prediction_type": "epsilon", "clip_sample": False,
+    "set_alpha_to_one": False, "steps_offset": 1, "timestep_spacing": "leading",
+}
+
+
+def build_random_base(cfg: TinyConfig = TinyConfig(), captions: list[str] | None = None, seed: int = 0,
+                      tokenizer_dir: Path | None = None) -> BaseModel:
+    """A complete base with random weights (for tests, and as the start of base training)."""
+    torch.manual_seed(seed)
+    tok_dir = Path(tokenizer_dir) if tokenizer_dir else Path(tempfile.mkdtemp(prefix="aa-tok-"))
+    if not (tok_dir / "vocab.json").is_file():
+        train_clip_tokenizer(captions or _DEFAULT_CORPUS, tok_dir, cfg.vocab_size, cfg.max_tokens)
+    tokenizer = load_clip_tokenizer(tok_dir)
+    unet = build_unet(cfg)
+    vae = build_vae(cfg)
+    text_encoder = build_text_encoder(cfg, len(tokenizer), tokenizer.eos_token_id, tokenizer.bos_token_id)
+    for m in (unet, vae, text_encoder):
+        m.eval().requires_grad_(False)
+    fp = fingerprint(unet, vae, text_encoder)
+    defaults = SampleDefaults(width=cfg.sample_size, height=cfg.sample_size)
+    manifest = {"format": BUNDLE_FORMAT, "name": "random", "fingerprint": fp,
+                "provenance": {"weights": "random", "seed": seed, "config": asdict(cfg)}}
+    base = BaseModel(unet, vae, text_encoder, tokenizer, dict(DEFAULT_SCHEDULER), fp, defaults, "random", manifest)
+    base._tokenizer_dir = tok_dir  # type: ignore[attr-defined]
+    return base
+
+
+def save_bundle(base: BaseModel, path: str | os.PathLike, *, half: bool = True, name: str | None = None,
+                provenance: dict | None = None, tokenizer_dir: str | os.PathLike | None = None) -> Path:
+    """Write `base` as a bundle folder (fp16 weights by default), atomically: a temp folder renamed at the end.
+    The fingerprint is computed from the weights as stored, so loading reproduces it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        dtype = torch.float16 if half else torch.float32
+        stored = {}
+        for sub, module in (("unet", base.unet), ("vae", base.vae)):
+            (tmp / sub).mkdir()
+            state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in module.state_dict().items()}
+            save_file(state, str(tmp / sub / "diffusion_pytorch_model.safetensors"))
+            (tmp / sub / "config.json").write_text(json.dumps(dict(module.config), indent=1, default=list))
+            stored[sub] = state
+        (tmp / "text_encoder").mkdir()
+        te_state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in base.text_encoder.state_dict().items()}
+        save_file(te_state, str(tmp / "text_encoder" / "model.safetensors"))
+        (tmp / "text_encoder" / "config.json").write_text(base.text_encoder.config.to_json_string())
+        tok_src = Path(tokenizer_dir or getattr(base, "_tokenizer_dir", None) or "")
+        if not (tok_src / "vocab.json").is_file():
+            raise AAError("tokenizer", f"no vocab.json/merges.txt at {tok_src}", "pass tokenizer_dir")
+        shutil.copytree(tok_src, tmp / "tokenizer")
+        (tmp / "scheduler").mkdir()
+        (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(base.scheduler_config, indent=1))
+        fp = fingerprint_states(stored["unet"], stored["vae"], te_state)
+        manifest = {"format": BUNDLE_FORMAT, "name": name or base.manifest.get("name", path.name),
+                    "fingerprint": fp, "dtype": str(dtype).removeprefix("torch."),
+                    "sample": asdict(base.defaults),
+                    "provenance": provenance if provenance is not None else base.manifest.get("provenance", {})}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return path
+
+
+_DEFAULT_CORPUS = [
+    "a man in a red striped shirt and blue trousers waving on a beach holding a yellow balloon",
+    "a woman in a green shirt and black skirt dancing in a snow field with a dog",
+    "a person walking in a forest", "a man running in a city street at night under the stars",
+    "a woman jumping in a desert", "a man turning around in an indoor room", "a woman squatting on a stage",
+    "a man waving in a park with a ball", "a woman holding an umbrella", "orange purple pink white grey brown",
+] * 20

@@ -1,0 +1,230 @@
+"""`AnimatePipeline`: text + pose sequence → video, with the pose-conditioned UNetMotionModel (DESIGN §2.6)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.loaders import StableDiffusionLoraLoaderMixin
+from diffusers.utils import BaseOutput
+
+from .backends import TorchBackend, UNetBackend
+from .errors import AAError
+from .model import BaseModel, SampleDefaults
+from .poses import PoseSequence, fit_poses, render_skeletons, resample_poses, retarget
+from .schedulers import SCHEDULERS, make_scheduler
+
+
+@dataclass
+class AnimateOutput(BaseOutput):
+    """frames: uint8 (F, H, W, 3); pose_frames: the rendered skeletons that drove them, same shape."""
+
+    frames: np.ndarray
+    pose_frames: np.ndarray
+    seed: int
+    timings: dict = field(default_factory=dict)
+
+
+def context_windows(frames: int, window: int, overlap: int) -> list[tuple[int, int]]:
+    """Half-open frame ranges of length `window` stepping by `window - overlap`; the last ends at `frames`."""
+    if frames <= window:
+        return [(0, frames)]
+    stride = window - overlap
+    starts = list(range(0, frames - window + 1, stride))
+    if starts[-1] + window < frames:
+        starts.append(frames - window)
+    return [(s, s + window) for s in starts]
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """float (N, 3, H, W) in [-1, 1] → uint8 (N, H, W, 3)."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def to_unit(images: np.ndarray, device, dtype) -> torch.Tensor:
+    """uint8 (N, H, W, 3) → float (N, 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(images).to(device).permute(0, 3, 1, 2).to(dtype) / 127.5 - 1
+
+
+class AnimatePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
+    """Pose-driven text-to-video sampling with classifier-free guidance over overlapping frame windows."""
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+
+    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler):
+        super().__init__()
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                              scheduler=scheduler)
+        self.fingerprint = ""
+        self.defaults = SampleDefaults()
+        self.backend: UNetBackend = TorchBackend(unet)
+        self.identity = None  # the merged identity adapter, if any (aa_runtime.adapters.Adapter)
+
+    @classmethod
+    def from_base(cls, base: BaseModel) -> "AnimatePipeline":
+        pipe = cls(base.vae, base.text_encoder, base.tokenizer, base.unet,
+                   make_scheduler("ddim", base.scheduler_config))
+        pipe.fingerprint, pipe.defaults = base.fingerprint, base.defaults
+        return pipe
+
+    @property
+    def scheduler_config(self) -> dict:
+        """The base's noise schedule; each call builds the sampler it is asked for from it."""
+        return dict(self.scheduler.config)
+
+    @property
+    def vae_scale(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def set_backend(self, backend: UNetBackend) -> None:
+        """Route UNet evaluations through `backend` (see aa_runtime.backends)."""
+        self.backend = backend
+
+    def set_identity(self, adapter, *, force: bool = False) -> None:
+        """Merge an identity adapter into the UNet (once; checked for base match and finite weights)."""
+        from .adapters import merge_adapter
+
+        if self.identity is not None:
+            raise AAError("identity adapter", f"{adapter.path}: an identity ({self.identity.path}) is already merged",
+                          "load the base again to switch identities")
+        merge_adapter(self.unet, adapter, base_fingerprint=self.fingerprint, force=force)
+        self.identity = adapter
+        if isinstance(self.backend, TorchBackend):
+            self.backend = TorchBackend(self.unet)
+
+    # ------------------------------------------------------------------------------------- inputs
+    def check_inputs(self, prompt, poses, num_frames, height, width, steps, guidance, scheduler, window, overlap):
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise AAError("prompt", repr(prompt), "give a non-empty text prompt")
+        if not isinstance(poses, PoseSequence):
+            raise AAError("poses", type(poses).__name__, "pass an aa_runtime.poses.PoseSequence")
+        m = self.vae_scale * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        for name, v in (("height", height), ("width", width)):
+            if v < m or v % m or v > 2048:
+                raise AAError(name, v, f"use a multiple of {m} between {m} and 2048")
+        if not 1 <= num_frames <= 4096:
+            raise AAError("frames", num_frames, "use 1 to 4096 frames")
+        if not 1 <= steps <= 1000:
+            raise AAError("steps", steps, "use 1 to 1000 denoising steps")
+        if not (guidance >= 1.0 and guidance <= 50):
+            raise AAError("guidance", guidance, "use a guidance scale between 1 (off) and 50")
+        if scheduler not in SCHEDULERS:
+            raise AAError("scheduler", repr(scheduler), f"use one of {', '.join(SCHEDULERS)}")
+        max_window = int(self.unet.config.motion_max_seq_length)
+        if not 1 <= window <= max_window:
+            raise AAError("window", window, f"use 1 to {max_window} frames (the motion modules' length)")
+        if not 0 <= overlap < window:
+            raise AAError("overlap", overlap, f"use 0 to {window - 1} (less than the window)")
+
+    # ------------------------------------------------------------------------------------- stages
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str) -> torch.Tensor:
+        """Text → CLIP hidden states float (1, T, D)."""
+        ids = self.tokenizer(prompt, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids
+        return self.text_encoder(ids.to(self.text_encoder.device))[0].to(self.unet.dtype)
+
+    def prepare_poses(self, poses: PoseSequence, num_frames: int, fps: float, height: int, width: int,
+                      fit: str, do_retarget: bool) -> PoseSequence:
+        """Resample in time, fit into the frame, retarget to the identity's bone lengths."""
+        seq = resample_poses(poses, num_frames, fps)
+        if do_retarget and self.identity is not None and self.identity.bone_lengths is not None:
+            seq = retarget(seq, self.identity.bone_lengths)
+        return fit_poses(seq, width, height, mode=fit)
+
+    @torch.no_grad()
+    def encode_images(self, images: np.ndarray, chunk: int) -> torch.Tensor:
+        """uint8 (F, H, W, 3) → VAE latent means × scaling factor, float (1, C, F, h, w)."""
+        out = []
+        for s in range(0, len(images), chunk):
+            x = to_unit(images[s:s + chunk], self.vae.device, self.vae.dtype)
+            out.append(self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor)
+        return torch.cat(out).permute(1, 0, 2, 3).unsqueeze(0)  # (F, C, h, w) → (1, C, F, h, w)
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor, chunk: int) -> np.ndarray:
+        """float (1, C, F, h, w) → uint8 (F, H, W, 3), decoded `chunk` frames at a time."""
+        z = latents[0].permute(1, 0, 2, 3) / self.vae.config.scaling_factor  # (F, C, h, w)
+        return np.concatenate([to_uint8(self.vae.decode(z[s:s + chunk].to(self.vae.dtype)).sample)
+                               for s in range(0, len(z), chunk)])
+
+    def predict_noise(self, latents, pose_latents, t, text, uncond, guidance, windows) -> torch.Tensor:
+        """CFG noise prediction over frame windows, averaged where windows overlap. latents (1, 4, F, h, w)."""
+        noise = torch.zeros_like(latents)
+        count = torch.zeros((1, 1, latents.shape[2], 1, 1), dtype=latents.dtype, device=latents.device)
+        do_cfg = guidance > 1.0
+        for s, e in windows:
+            x = torch.cat([latents[:, :, s:e], pose_latents[:, :, s:e]], dim=1)  # (1, 8, w, h, w)
+            n = e - s
+            if do_cfg:
+                x = torch.cat([x, x])  # (2, 8, w, h, w): unconditional, conditional
+                emb = torch.cat([uncond.repeat_interleave(n, 0), text.repeat_interleave(n, 0)])  # (2·w, T, D)
+                eps_u, eps_c = self.backend(x, t, emb).chunk(2)
+                eps = eps_u + guidance * (eps_c - eps_u)
+            else:
+                eps = self.backend(x, t, text.repeat_interleave(n, 0))
+            noise[:, :, s:e] += eps.to(noise.dtype)
+            count[:, :, s:e] += 1
+        return noise / count
+
+    # ------------------------------------------------------------------------------------- call
+    @torch.no_grad()
+    def __call__(self, prompt: str, poses: PoseSequence, *, negative_prompt: str = "",
+                 num_frames: int | None = None, fps: float | None = None, height: int | None = None,
+                 width: int | None = None, num_inference_steps: int | None = None,
+                 guidance_scale: float | None = None, scheduler: str | None = None, seed: int = 0,
+                 window: int | None = None, overlap: int | None = None, pose_fit: str = "person",
+                 retarget_poses: bool = True, decode_chunk_size: int = 8, progress: bool = True) -> AnimateOutput:
+        d = self.defaults
+        num_frames = num_frames or poses.frames
+        fps = fps or poses.fps
+        height, width = height or d.height, width or d.width
+        steps = num_inference_steps or d.steps
+        guidance = d.guidance if guidance_scale is None else guidance_scale
+        scheduler_name = scheduler or d.scheduler
+        window = window or min(d.window, int(self.unet.config.motion_max_seq_length))
+        overlap = d.overlap if overlap is None else overlap
+        overlap = min(overlap, window - 1)
+        self.check_inputs(prompt, poses, num_frames, height, width, steps, guidance, scheduler_name, window, overlap)
+        device, dtype = self.unet.device, self.unet.dtype
+        timings, t0 = {}, time.perf_counter()
+
+        # 1. encode prompt
+        text = self.encode_prompt(prompt)
+        uncond = self.encode_prompt(negative_prompt or "")
+        timings["encode_prompt_s"] = time.perf_counter() - t0
+
+        # 2. prepare poses: resample, retarget, fit, render, VAE-encode
+        t1 = time.perf_counter()
+        seq = self.prepare_poses(poses, num_frames, fps, height, width, pose_fit, retarget_poses)
+        pose_frames = render_skeletons(seq)  # (F, H, W, 3) uint8
+        pose_latents = self.encode_images(pose_frames, decode_chunk_size).to(dtype)  # (1, 4, F, h, w)
+        timings["prepare_poses_s"] = time.perf_counter() - t1
+
+        # 3. prepare latents: noise from a CPU generator, so a seed gives the same video on any device
+        sched = make_scheduler(scheduler_name, self.scheduler_config)
+        sched.set_timesteps(steps, device=device)
+        c = int(self.unet.config.out_channels)
+        shape = (1, c, num_frames, height // self.vae_scale, width // self.vae_scale)
+        generator = torch.Generator("cpu").manual_seed(seed)
+        latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(device, dtype)
+        latents = latents * sched.init_noise_sigma
+
+        # 4. denoise over overlapping windows
+        t2 = time.perf_counter()
+        windows = context_windows(num_frames, window, overlap)
+        for t in self.progress_bar(sched.timesteps) if progress else sched.timesteps:
+            x = sched.scale_model_input(latents, t)
+            eps = self.predict_noise(x, pose_latents, t, text, uncond, guidance, windows)
+            latents = sched.step(eps, t, latents, return_dict=False)[0]
+        timings["denoise_s"] = time.perf_counter() - t2
+        timings["unet_evals"] = steps * len(windows) * (2 if guidance > 1 else 1)
+
+        # 5. decode
+        t3 = time.perf_counter()
+        frames = self.decode_latents(latents, decode_chunk_size)
+        timings["decode_s"] = time.perf_counter() - t3
+        timings["total_s"] = time.perf_counter() - t0
+        return AnimateOutput(frames=frames, pose_frames=pose_frames, seed=seed, timings=timings)

@@ -1,0 +1,251 @@
+"""OpenPose-18 keypoints: the `.aa.json` annotation format (DESIGN §4), resampling, fitting, rendering."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .errors import AAError, atomic_path
+
+ANNOTATION_FORMAT = "aa-annotations/1"
+
+# COCO-18 order used by OpenPose; "r" is the person's right.
+OPENPOSE18 = (
+    "nose", "neck", "r_shoulder", "r_elbow", "r_wrist", "l_shoulder", "l_elbow", "l_wrist",
+    "r_hip", "r_knee", "r_ankle", "l_hip", "l_knee", "l_ankle", "r_eye", "l_eye", "r_ear", "l_ear",
+)
+KP = {name: i for i, name in enumerate(OPENPOSE18)}
+
+# OpenPose's limb list (0-based) and its colours, as drawn by the OpenPose demo and ControlNet.
+LIMBS = (
+    (1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10),
+    (1, 11), (11, 12), (12, 13), (1, 0), (0, 14), (14, 16), (0, 15), (15, 17),
+)
+COLORS = (
+    (255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0), (85, 255, 0),
+    (0, 255, 0), (0, 255, 85), (0, 255, 170), (0, 255, 255), (0, 170, 255), (0, 85, 255),
+    (0, 0, 255), (85, 0, 255), (170, 0, 255), (255, 0, 255), (255, 0, 85), (255, 0, 170),
+)
+LIMB_ALPHA = 0.6  # limbs are drawn at 60 % of their colour, joints at full colour (OpenPose style)
+
+
+@dataclass
+class PoseSequence:
+    """Keypoints float32 (F, 18, 3) as (x, y, conf) in pixels of a width×height frame; conf 0 = missing."""
+
+    keypoints: np.ndarray
+    width: int
+    height: int
+    fps: float
+
+    def __post_init__(self):
+        kp = np.asarray(self.keypoints, dtype=np.float32)
+        if kp.ndim != 3 or kp.shape[1:] != (18, 3):
+            raise AAError("pose keypoints", f"shape {tuple(kp.shape)}",
+                          "expected (frames, 18, 3) OpenPose-18 (x, y, conf)")
+        if kp.shape[0] == 0:
+            raise AAError("pose sequence", "0 frames", "give a pose source with at least one frame")
+        if not np.isfinite(kp).all():
+            raise AAError("pose keypoints", "non-finite values", "replace NaN/inf with conf 0 entries")
+        if self.width <= 0 or self.height <= 0 or not self.fps > 0:
+            raise AAError("pose sequence size/fps", f"{self.width}x{self.height} @ {self.fps}",
+                          "width, height and fps must be positive")
+        self.keypoints = kp
+
+    @property
+    def frames(self) -> int:
+        return int(self.keypoints.shape[0])
+
+
+@dataclass
+class Annotations:
+    """Contents of one `.aa.json` file: per-frame poses and mask paths, a caption, provenance."""
+
+    width: int
+    height: int
+    fps: float
+    keypoints: np.ndarray  # float32 (F, 18, 3)
+    masks: list[str | None] = field(default_factory=list)
+    caption: str = ""
+    source: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.keypoints = PoseSequence(self.keypoints, self.width, self.height, self.fps).keypoints
+        if not self.masks:
+            self.masks = [None] * self.keypoints.shape[0]
+        if len(self.masks) != self.keypoints.shape[0]:
+            raise AAError("annotation masks", f"{len(self.masks)} masks for {self.keypoints.shape[0]} frames",
+                          "give one mask path (or null) per frame")
+
+    def poses(self) -> PoseSequence:
+        return PoseSequence(self.keypoints, self.width, self.height, self.fps)
+
+
+def sidecar_path(video: str | Path) -> Path:
+    """`clip.mp4` → `clip.aa.json`."""
+    video = Path(video)
+    return video.with_name(video.stem + ".aa.json")
+
+
+def save_annotations(path: str | Path, ann: Annotations) -> Path:
+    """Write `ann` as `.aa.json` (atomic); mask paths are stored as given (relative to the file's folder)."""
+    doc = {
+        "format": ANNOTATION_FORMAT, "width": int(ann.width), "height": int(ann.height),
+        "fps": float(ann.fps), "keypoints": "openpose18",
+        "frames": [{"pose": [[round(float(v), 3) for v in kp] for kp in frame], "mask": mask}
+                   for frame, mask in zip(ann.keypoints, ann.masks)],
+        "caption": ann.caption, "source": ann.source,
+    }
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(doc, indent=1))
+    return path
+
+
+def load_annotations(path: str | Path) -> Annotations:
+    """Read and validate an `.aa.json` file."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise AAError("annotation file", path, "check the path") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AAError("annotation file", f"{path} is not valid JSON ({e.msg if hasattr(e, 'msg') else e})",
+                      "regenerate it or fix the JSON") from None
+    if not isinstance(doc, dict) or doc.get("format") != ANNOTATION_FORMAT:
+        got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise AAError("annotation file format", f"{path}: {got!r}", f"expected \"format\": \"{ANNOTATION_FORMAT}\"")
+    if doc.get("keypoints", "openpose18") != "openpose18":
+        raise AAError("annotation keypoint layout", doc.get("keypoints"), "only 'openpose18' is supported")
+    try:
+        frames = doc["frames"]
+        kp = np.array([f["pose"] for f in frames], dtype=np.float32).reshape(len(frames), 18, 3)
+        masks = [f.get("mask") for f in frames]
+        return Annotations(int(doc["width"]), int(doc["height"]), float(doc["fps"]), kp, masks,
+                           doc.get("caption", ""), doc.get("source", {}))
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, AAError):
+            raise
+        raise AAError("annotation file", f"{path}: malformed ({type(e).__name__}: {e})",
+                      "each frame needs \"pose\": 18 × [x, y, conf]") from None
+
+
+def resample_poses(seq: PoseSequence, frames: int, fps: float) -> PoseSequence:
+    """Resample to `frames` frames at `fps` by time; linear between source frames, last pose held past the end."""
+    if frames < 1:
+        raise AAError("frames", frames, "ask for at least 1 frame")
+    t = np.arange(frames, dtype=np.float64) / fps * seq.fps  # source frame index, (frames,)
+    t = np.clip(t, 0, seq.frames - 1)
+    i0 = np.floor(t).astype(int)
+    i1 = np.minimum(i0 + 1, seq.frames - 1)
+    w = (t - i0)[:, None, None].astype(np.float32)
+    a, b = seq.keypoints[i0], seq.keypoints[i1]  # (frames, 18, 3)
+    both = (a[..., 2:] > 0) & (b[..., 2:] > 0)
+    xy = np.where(both, a[..., :2] * (1 - w) + b[..., :2] * w, np.where(w < 0.5, a[..., :2], b[..., :2]))
+    conf = np.where(both, np.minimum(a[..., 2:], b[..., 2:]), np.where(w < 0.5, a[..., 2:], b[..., 2:]))
+    return PoseSequence(np.concatenate([xy, conf], -1), seq.width, seq.height, fps)
+
+
+def fit_poses(seq: PoseSequence, width: int, height: int,
+              mode: Literal["frame", "person"] = "person", margin: float = 0.1) -> PoseSequence:
+    """Map poses into a width×height frame: `frame` letterboxes the source frame; `person` fits the
+    bounding box of all visible keypoints (over the whole sequence) into the frame with a margin."""
+    kp = seq.keypoints.copy()
+    vis = kp[..., 2] > 0
+    if mode == "person" and vis.any():
+        xy = kp[..., :2][vis]
+        lo, hi = xy.min(0), xy.max(0)
+        box = np.maximum(hi - lo, 1.0)
+        # head and feet extend beyond the keypoints: pad the box vertically before fitting
+        pad = np.array([0.15, 0.12]) * box[1]
+        lo, hi = lo - pad, hi + pad
+        box = hi - lo
+        scale = min(width * (1 - 2 * margin) / box[0], height * (1 - 2 * margin) / box[1])
+        center_src = (lo + hi) / 2
+    elif mode in ("frame", "person"):
+        scale = min(width / seq.width, height / seq.height)
+        center_src = np.array([seq.width / 2, seq.height / 2])
+    else:
+        raise AAError("pose fit mode", mode, "use 'frame' or 'person'")
+    center_dst = np.array([width / 2, height / 2])
+    kp[..., :2] = (kp[..., :2] - center_src) * scale + center_dst
+    kp[~vis] = 0.0
+    return PoseSequence(kp, width, height, seq.fps)
+
+
+def line_width(width: int, height: int) -> int:
+    """Skeleton line width: OpenPose's 4 px at 512 px, at least 2 px on tiny frames."""
+    return max(2, round(4 * min(width, height) / 512))
+
+
+def render_skeleton(keypoints: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Draw one OpenPose-18 pose (18, 3) on black; returns uint8 (H, W, 3) in [0, 255]."""
+    img = Image.new("RGB", (width, height))
+    draw = ImageDraw.Draw(img)
+    lw = line_width(width, height)
+    for k, (a, b) in enumerate(LIMBS):
+        if keypoints[a, 2] > 0 and keypoints[b, 2] > 0:
+            color = tuple(int(c * LIMB_ALPHA) for c in COLORS[k])
+            draw.line([tuple(keypoints[a, :2]), tuple(keypoints[b, :2])], fill=color, width=lw)
+    r = lw / 2 + 0.5
+    for j in range(18):
+        if keypoints[j, 2] > 0:
+            x, y = keypoints[j, :2]
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=COLORS[j])
+    return np.asarray(img)
+
+
+def render_skeletons(seq: PoseSequence) -> np.ndarray:
+    """Draw every frame; returns uint8 (F, H, W, 3)."""
+    return np.stack([render_skeleton(k, seq.width, seq.height) for k in seq.keypoints])
+
+
+# Bones used for retargeting: (parent, child) pairs walked from the neck outwards.
+BONES = (
+    (1, 2), (2, 3), (3, 4), (1, 5), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10),
+    (1, 11), (11, 12), (12, 13), (1, 0), (0, 14), (14, 16), (0, 15), (15, 17),
+)
+
+
+def bone_lengths(seq: PoseSequence) -> np.ndarray:
+    """Median length of each bone over frames where both ends are visible, float32 (17,); NaN if never seen.
+    Normalised by the median neck-to-hip distance so that it does not depend on image scale."""
+    kp = seq.keypoints
+    out = np.full(len(BONES), np.nan, dtype=np.float32)
+    for k, (a, b) in enumerate(BONES):
+        ok = (kp[:, a, 2] > 0) & (kp[:, b, 2] > 0)
+        if ok.any():
+            out[k] = np.median(np.linalg.norm(kp[ok, a, :2] - kp[ok, b, :2], axis=-1))
+    torso = np.nanmean([out[6], out[9]]) if not np.isnan([out[6], out[9]]).all() else np.nan
+    if not torso > 0:
+        return np.full(len(BONES), np.nan, dtype=np.float32)
+    return out / torso
+
+
+def retarget(seq: PoseSequence, target: np.ndarray) -> PoseSequence:
+    """Give every bone the target's length relative to the driving torso, keeping each bone's direction
+    and the neck's position; bones without a target length (NaN) keep their own."""
+    target = np.asarray(target, dtype=np.float32)
+    if target.shape != (len(BONES),):
+        raise AAError("retarget bone lengths", f"shape {target.shape}", f"expected ({len(BONES)},)")
+    kp = seq.keypoints.copy()
+    src = seq.keypoints
+    for f in range(seq.frames):
+        torso = [np.linalg.norm(src[f, 1, :2] - src[f, h, :2]) for h in (8, 11)
+                 if src[f, 1, 2] > 0 and src[f, h, 2] > 0]
+        if not torso:
+            continue
+        scale = float(np.mean(torso))
+        for k, (a, b) in enumerate(BONES):
+            if src[f, a, 2] > 0 and src[f, b, 2] > 0 and not math.isnan(target[k]):
+                d = src[f, b, :2] - src[f, a, :2]
+                n = float(np.linalg.norm(d))
+                if n > 1e-6:
+                    # torso bones keep the driver's scale; limbs take the target's proportions
+                    kp[f, b, :2] = kp[f, a, :2] + d / n * target[k] * scale
+    return PoseSequence(kp, seq.width, seq.height, seq.fps)

@@ -1,0 +1,126 @@
+"""Identity adapter files: round trip, merge through peft, base check, diffusers compatibility."""
+import numpy as np
+import pytest
+import torch
+
+from aa_runtime.adapters import (SPATIAL_ATTN2, adapter_metadata, attach_lora, load_adapter, merge_adapter,
+                                 save_adapter)
+from aa_runtime.errors import AAError
+
+
+def random_adapter(unet, path, fingerprint, rank=4, alpha=4.0, scale=0.05, seed=0):
+    """A rank-r adapter on the spatial attn2 projections with non-zero A and B."""
+    import re
+
+    g = torch.Generator().manual_seed(seed)
+    targets = [n for n, m in unet.named_modules() if re.fullmatch(SPATIAL_ATTN2, n)]
+    A, B = {}, {}
+    for n in targets:
+        lin = unet.get_submodule(n)
+        A[n] = torch.randn(rank, lin.in_features, generator=g) * scale
+        B[n] = torch.randn(lin.out_features, rank, generator=g) * scale
+    meta = adapter_metadata(identifier="<sks>", class_word="man", rank=rank, alpha=alpha,
+                            base_fingerprint=fingerprint, bone_lengths=np.linspace(0.3, 1.0, 17))
+    return save_adapter(path, A, B, meta)
+
+
+def _eps(unet, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 8, 2, 16, 16, generator=g)
+    text = torch.randn(2, 32, 64, generator=g)
+    with torch.no_grad():
+        return unet(x, 50, encoder_hidden_states=text).sample
+
+
+def test_targets_are_spatial_cross_attention_only(tiny_base):
+    import re
+
+    names = [n for n, _ in tiny_base.unet.named_modules() if re.fullmatch(SPATIAL_ATTN2, n)]
+    assert names and all(".attentions." in n and ".attn2." in n and "motion_modules" not in n for n in names)
+    temporal = [n for n, _ in tiny_base.unet.named_modules() if "motion_modules" in n and n.endswith("attn2.to_q")]
+    assert temporal, "the motion modules have an attn2 too; the regex must skip it"
+
+
+def test_round_trip(tiny_base, tmp_path):
+    path = random_adapter(tiny_base.unet, tmp_path / "me.safetensors", tiny_base.fingerprint)
+    a = load_adapter(path)
+    assert a.rank == 4 and a.alpha == 4.0 and a.identifier == "<sks>" and a.base_fingerprint == tiny_base.fingerprint
+    np.testing.assert_allclose(a.bone_lengths, np.linspace(0.3, 1.0, 17), atol=1e-5)
+    again = save_adapter(tmp_path / "again.safetensors", a.lora_A, a.lora_B, a.meta)
+    b = load_adapter(again)
+    for n in a.lora_A:
+        assert torch.equal(a.lora_A[n], b.lora_A[n]) and torch.equal(a.lora_B[n], b.lora_B[n])
+    blocks = [n for n, _ in tiny_base.unet.named_modules() if n.endswith("transformer_blocks.0") and "motion" not in n]
+    assert len(a.lora_A) == 4 * len(blocks) == 44 and path.stat().st_size < 200_000
+
+
+def test_adapter_changes_output_and_merged_equals_unmerged(tiny_bundle, tmp_path):
+    from aa_runtime.model import load_base
+
+    base = load_base(tiny_bundle)
+    path = random_adapter(base.unet, tmp_path / "me.safetensors", base.fingerprint)
+    ref = _eps(base.unet)
+
+    unmerged = load_base(tiny_bundle)  # LoRA layers active, not folded
+    adapter = load_adapter(path)
+    attach_lora(unmerged.unet, adapter.rank, adapter.alpha, sorted(adapter.lora_A))
+    from peft.utils import set_peft_model_state_dict
+
+    set_peft_model_state_dict(unmerged.unet, {f"{n}.lora_{ab}.weight": t for n in adapter.lora_A
+                                              for ab, t in (("A", adapter.lora_A[n]), ("B", adapter.lora_B[n]))},
+                              adapter_name="identity")
+    live = _eps(unmerged.unet)
+
+    merge_adapter(base.unet, adapter, base_fingerprint=base.fingerprint)
+    merged = _eps(base.unet)
+    assert (merged - ref).abs().max() > 1e-3, "the adapter must change the output"
+    torch.testing.assert_close(merged, live, atol=1e-5, rtol=1e-5)
+    assert not any("lora" in k for k in base.unet.state_dict()), "merged UNet is plain again (exportable)"
+
+
+def test_wrong_base_refused_unless_forced(tiny_bundle, tmp_path):
+    from aa_runtime.model import load_base
+
+    base = load_base(tiny_bundle)
+    path = random_adapter(base.unet, tmp_path / "other.safetensors", "0123456789abcdef")
+    with pytest.raises(AAError, match="made for base 0123456789abcdef") as e:
+        merge_adapter(base.unet, load_adapter(path), base_fingerprint=base.fingerprint)
+    assert "--force" in str(e.value)
+    merge_adapter(base.unet, load_adapter(path), base_fingerprint=base.fingerprint, force=True)
+
+
+def test_non_finite_adapter_refused(tiny_bundle, tmp_path):
+    from aa_runtime.model import load_base
+
+    base = load_base(tiny_bundle)
+    a = load_adapter(random_adapter(base.unet, tmp_path / "me.safetensors", base.fingerprint))
+    a.lora_B[next(iter(a.lora_B))][0, 0] = float("nan")
+    with pytest.raises(AAError, match="non-finite"):
+        merge_adapter(base.unet, a, base_fingerprint=base.fingerprint)
+
+
+def test_bad_files(tmp_path):
+    from safetensors.torch import save_file
+
+    (tmp_path / "junk.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}garbage")
+    with pytest.raises(AAError, match="not a readable safetensors"):
+        load_adapter(tmp_path / "junk.safetensors")
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(AAError, match="no 'aa_adapter' metadata"):
+        load_adapter(tmp_path / "plain.safetensors")
+    with pytest.raises(AAError, match="does not exist"):
+        load_adapter(tmp_path / "missing.safetensors")
+
+
+def test_diffusers_load_lora_weights_reads_the_file(tiny_bundle, tmp_path):
+    """diffusers' own loader accepts the file and gives the same UNet as our merge."""
+    from aa_runtime.model import load_base
+    from aa_runtime.pipeline import AnimatePipeline
+
+    ours = load_base(tiny_bundle)
+    path = random_adapter(ours.unet, tmp_path / "me.safetensors", ours.fingerprint, rank=4, alpha=8.0)
+    merge_adapter(ours.unet, load_adapter(path), base_fingerprint=ours.fingerprint)
+
+    theirs = AnimatePipeline.from_base(load_base(tiny_bundle))
+    theirs.load_lora_weights(str(path), adapter_name="me")
+    torch.testing.assert_close(_eps(theirs.unet), _eps(ours.unet), atol=1e-5, rtol=1e-5)

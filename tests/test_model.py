@@ -1,0 +1,161 @@
+"""Model assembly: bundles, SD1.5 folder + AnimateDiff motion module, conv_in widening, key checks."""
+import copy
+import json
+import re
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from aa_runtime.errors import AAError
+from aa_runtime.model import fingerprint, load_base, widen_conv_in
+
+
+def tiny_sd15(tmp_path):
+    """A tiny SD-shaped model saved in the diffusers SD1.5 folder layout, plus a motion adapter folder."""
+    from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from aa_runtime.model import DEFAULT_SCHEDULER
+    from aa_runtime.tokenizer import load_clip_tokenizer, train_clip_tokenizer
+
+    torch.manual_seed(0)
+    root = tmp_path / "sd15"
+    tok_dir = train_clip_tokenizer(["a man on a beach", "a woman in a forest"] * 10, root / "tokenizer", 300, 16)
+    tok = load_clip_tokenizer(tok_dir)
+    UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8,
+    ).save_pretrained(root / "unet")
+    AutoencoderKL(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8,
+                  layers_per_block=1).save_pretrained(root / "vae")
+    CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, max_position_embeddings=16, eos_token_id=tok.eos_token_id,
+                                 bos_token_id=tok.bos_token_id)).save_pretrained(root / "text_encoder")
+    (root / "scheduler").mkdir()
+    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(DEFAULT_SCHEDULER))
+    adapter = MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=2, motion_norm_num_groups=8,
+                            motion_num_attention_heads=8, motion_max_seq_length=32)
+    for p in adapter.parameters():  # a trained adapter is not the identity: make its output projections live
+        torch.nn.init.normal_(p, std=0.02) if p.ndim > 1 else None
+    adapter.save_pretrained(tmp_path / "motion")
+    return root, tmp_path / "motion"
+
+
+@pytest.fixture(scope="module")
+def sd15(tmp_path_factory):
+    return tiny_sd15(tmp_path_factory.mktemp("sd"))
+
+
+def test_sd15_folder_plus_motion_folder(sd15):
+    root, motion = sd15
+    base = load_base(root, motion)
+    assert base.unet.config.in_channels == 8 and base.unet.conv_in.in_channels == 8
+    assert (base.unet.conv_in.weight[:, 4:] == 0).all()
+    out = base.unet(torch.randn(1, 8, 3, 8, 8), 5, encoder_hidden_states=torch.randn(3, 16, 32)).sample
+    assert out.shape == (1, 4, 3, 8, 8)
+    assert base.vae_scale == 2
+
+
+def test_motion_module_file_in_diffusers_and_original_naming(sd15, tmp_path):
+    root, motion = sd15
+    ref = load_base(root, motion)
+    state = load_file(str(motion / "diffusion_pytorch_model.safetensors"))
+    save_file(state, str(tmp_path / "mm.safetensors"))
+    # the original AnimateDiff naming (what mm_sd_v15_v2 ships), mapped back by the loader
+    original = {}
+    for k, v in state.items():
+        k = re.sub(r"(motion_modules\.\d+\.)", r"\1temporal_transformer.", k)
+        for new, old in ((".norm1", ".norms.0"), (".norm2", ".norms.1"), (".norm3", ".ff_norm"),
+                         (".attn1", ".attention_blocks.0"), (".attn2", ".attention_blocks.1")):
+            k = k.replace(new, old) if ".transformer_blocks." in k else k
+        original[k] = v
+    assert any(".temporal_transformer.transformer_blocks.0.attention_blocks.0." in k for k in original)
+    save_file(original, str(tmp_path / "mm_original.safetensors"))
+    for f in ("mm.safetensors", "mm_original.safetensors"):
+        got = load_base(root, tmp_path / f)
+        for (k, a), (k2, b) in zip(ref.unet.state_dict().items(), got.unet.state_dict().items()):
+            assert k == k2 and torch.equal(a, b), f"{f}: {k}"
+        assert got.fingerprint == ref.fingerprint
+
+
+def test_widened_conv_in_with_zero_pose_equals_4_channel_unet(sd15):
+    from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+
+    root, motion = sd15
+    unet4 = UNetMotionModel.from_unet2d(UNet2DConditionModel.from_pretrained(root / "unet"),
+                                        MotionAdapter.from_pretrained(motion)).eval()
+    unet8 = widen_conv_in(copy.deepcopy(unet4))
+    x = torch.randn(1, 4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    text = torch.randn(3, 16, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = unet4(x, 10, encoder_hidden_states=text).sample
+        got = unet8(torch.cat([x, torch.zeros_like(x)], 1), 10, encoder_hidden_states=text).sample
+        live = unet8(torch.cat([x, torch.ones_like(x)], 1), 10, encoder_hidden_states=text).sample
+    assert torch.equal(ref, got)
+    assert torch.equal(ref, live), "new channels start at zero, so even a non-zero pose has no effect yet"
+    with torch.no_grad():
+        unet8.conv_in.weight[:, 4:].normal_()
+        moved = unet8(torch.cat([x, torch.ones_like(x)], 1), 10, encoder_hidden_states=text).sample
+    assert (moved - ref).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("remove, expected", [
+    ("vae/diffusion_pytorch_model.safetensors", "no weights in"),
+    ("text_encoder/config.json", "config.json is missing"),
+    ("tokenizer/merges.txt", "merges.txt is missing"),
+    ("scheduler/scheduler_config.json", "scheduler_config.json is missing"),
+])
+def test_missing_file_is_one_line(sd15, tmp_path, remove, expected):
+    root, motion = sd15
+    copy_root = tmp_path / "sd"
+    shutil.copytree(root, copy_root)
+    (copy_root / remove).unlink()
+    with pytest.raises(AAError, match=expected) as e:
+        load_base(copy_root, motion)
+    assert "\n" not in str(e.value)
+
+
+def test_corrupt_and_mismatched_weights(sd15, tmp_path):
+    root, motion = sd15
+    bad = tmp_path / "sd"
+    shutil.copytree(root, bad)
+    (bad / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(AAError, match="corrupted or unreadable"):
+        load_base(bad, motion)
+    shutil.rmtree(bad)
+    shutil.copytree(root, bad)
+    sd = load_file(str(bad / "unet" / "diffusion_pytorch_model.safetensors"))
+    sd.pop(next(k for k in sd if k.endswith("conv_in.weight")))
+    save_file(sd, str(bad / "unet" / "diffusion_pytorch_model.safetensors"))
+    with pytest.raises(AAError, match="1 missing"):
+        load_base(bad, motion)
+
+
+def test_sd15_without_motion_module_and_missing_paths(sd15, tmp_path):
+    root, _ = sd15
+    with pytest.raises(AAError, match="--motion-module"):
+        load_base(root)
+    with pytest.raises(AAError, match="does not exist"):
+        load_base(tmp_path / "nowhere")
+    with pytest.raises(AAError, match="motion module"):
+        load_base(root, tmp_path / "missing.safetensors")
+
+
+def test_bundle_round_trip_and_fingerprint(tiny_base, tiny_bundle, tmp_path):
+    from aa_runtime.model import save_bundle
+
+    again = load_base(tiny_bundle)
+    assert again.fingerprint == tiny_base.fingerprint == fingerprint(again.unet, again.vae, again.text_encoder)
+    for (k, a), (_, b) in zip(tiny_base.unet.state_dict().items(), again.unet.state_dict().items()):
+        assert torch.equal(a, b), k
+    half = save_bundle(again, tmp_path / "half", half=True, tokenizer_dir=tiny_bundle / "tokenizer")
+    assert load_base(half).fingerprint == tiny_base.fingerprint  # the fingerprint samples fp16-rounded values
+    sd = load_file(str(half / "unet" / "diffusion_pytorch_model.safetensors"))
+    sd[next(iter(sd))] += 1
+    save_file(sd, str(half / "unet" / "diffusion_pytorch_model.safetensors"))
+    with pytest.raises(AAError, match="fingerprint"):
+        load_base(half)
