@@ -1,0 +1,388 @@
+"""`aa-train base`: train a pose-conditioned base bundle on the synthetic world (DESIGN §3, §8).
+
+Stages, each resumable from its own checkpoint:
+  vae    — AutoencoderKL on world frames (person pixels weighted up so clothing colours survive).
+  image  — text + pose → image: spatial UNet layers and the text encoder train, motion modules off
+           (their zero-initialised output projection makes them the identity, AnimateDiff style).
+  video  — motion modules train on clips; everything else frozen.
+Runs under `accelerate` (one CPU process by default; `accelerate launch --num_processes 2 --cpu` works).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from aa_runtime.errors import AAError
+from aa_runtime.model import TinyConfig, build_random_base, load_base, save_bundle
+
+from .world_data import WorldSource, render_world
+
+Stage = Literal["vae", "image", "video"]
+STAGES: tuple[Stage, ...] = ("vae", "image", "video")
+
+
+@dataclass(frozen=True)
+class BaseTrainConfig:
+    """The recipe; saved in the bundle manifest."""
+
+    output: Path
+    data: str = "world:4000"
+    stages: tuple[Stage, ...] = STAGES
+    work_dir: Path = Path("runs/aa-tiny")
+    size: int = 64
+    frames: int = 8
+    fps: float = 8.0
+    vae_steps: int = 12000
+    image_steps: int = 20000
+    video_steps: int = 4000
+    vae_batch: int = 32
+    image_batch: int = 32
+    video_batch: int = 4
+    lr: float = 3e-4
+    vae_lr: float = 5e-4
+    warmup: int = 500
+    ema: float = 0.999
+    person_weight: float = 4.0  # VAE loss weight on person pixels
+    caption_dropout: float = 0.1  # empty captions, for classifier-free guidance
+    checkpoint_every: int = 500
+    seed: int = 0
+    resume: bool = False
+    threads: int = 1
+    init: str | None = None  # start from this bundle instead of random weights
+    vocab_size: int = 1024
+    max_tokens: int = 64
+
+    def __post_init__(self):
+        bad = [s for s in self.stages if s not in STAGES]
+        if bad:
+            raise AAError("stage", ",".join(bad), f"use some of {', '.join(STAGES)}")
+        for name in ("vae_steps", "image_steps", "video_steps", "vae_batch", "image_batch", "video_batch"):
+            if getattr(self, name) < 0:
+                raise AAError(name.replace("_", "-"), getattr(self, name), "use a non-negative number")
+        if not 0 < self.lr < 1 or not 0 <= self.ema < 1:
+            raise AAError("lr/ema", f"{self.lr}/{self.ema}", "use 0 < lr < 1 and 0 ≤ ema < 1")
+        if self.size % 16:
+            raise AAError("size", self.size, "use a multiple of 16")
+        WorldSource.parse(self.data, self.size, self.frames, self.fps)
+
+
+def zero_motion_outputs(unet) -> None:
+    """Zero the motion modules' output projections: each temporal block starts as the identity."""
+    for name, module in unet.named_modules():
+        if "motion_modules" in name and name.endswith("proj_out"):
+            torch.nn.init.zeros_(module.weight)
+            torch.nn.init.zeros_(module.bias)
+
+
+def trainable_parameters(base, stage: Stage) -> list[torch.nn.Parameter]:
+    """Set requires_grad for `stage` and return the parameters that train."""
+    for m in (base.unet, base.vae, base.text_encoder):
+        m.requires_grad_(False)
+    if stage == "vae":
+        base.vae.requires_grad_(True)
+        return list(base.vae.parameters())
+    if stage == "image":
+        params = [p for n, p in base.unet.named_parameters() if "motion_modules" not in n]
+        params += list(base.text_encoder.parameters())
+    else:
+        params = [p for n, p in base.unet.named_parameters() if "motion_modules" in n]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+class EMA:
+    """Exponential moving average of parameters (the weights that get saved)."""
+
+    def __init__(self, params: list[torch.nn.Parameter], decay: float):
+        self.params, self.decay = params, decay
+        self.shadow = [p.detach().clone() for p in params]
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for s, p in zip(self.shadow, self.params):
+            s.lerp_(p.detach(), 1 - d)
+
+    @torch.no_grad()
+    def copy_to_params(self) -> None:
+        for s, p in zip(self.shadow, self.params):
+            p.copy_(s)
+
+
+def lr_lambda(warmup: int, total: int):
+    """Linear warm-up, then cosine decay to 10 %."""
+    def f(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return f
+
+
+def to_unit(u8: np.ndarray) -> torch.Tensor:
+    """uint8 (..., H, W, 3) → float (..., 3, H, W) in [-1, 1]."""
+    t = torch.from_numpy(u8).float() / 127.5 - 1
+    return t.movedim(-1, -3)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of two float images in [-1, 1]."""
+    mse = ((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2).pow(2).mean().item()
+    return 10 * math.log10(1 / max(mse, 1e-10))
+
+
+# ----------------------------------------------------------------------------------------------- stages
+class StageRunner:
+    """One stage's loop: accelerate-prepared model and optimizer, EMA, checkpoints, progress."""
+
+    def __init__(self, cfg: BaseTrainConfig, accelerator, base, stage: Stage, steps: int, lr: float, log):
+        self.cfg, self.acc, self.base, self.stage, self.steps, self.log = cfg, accelerator, base, stage, steps, log
+        self.params = trainable_parameters(base, stage)
+        self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=0.0 if stage == "vae" else 1e-2)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg.warmup, steps))
+        self.ema = EMA(self.params, cfg.ema)
+        self.ckpt = Path(cfg.work_dir) / f"{stage}.pt"
+        self.step, self.losses = 0, []
+        if cfg.resume and self.ckpt.is_file():
+            state = torch.load(self.ckpt, map_location="cpu", weights_only=False)
+            with torch.no_grad():
+                for p, v in zip(self.params, state["params"]):
+                    p.copy_(v)
+                for s, v in zip(self.ema.shadow, state["ema"]):
+                    s.copy_(v)
+            self.opt.load_state_dict(state["opt"])
+            self.sched.load_state_dict(state["sched"])
+            self.step, self.losses = state["step"], state["losses"]
+            self.log(f"[{stage}] resumed at step {self.step}/{steps}")
+
+    def save(self) -> None:
+        if not self.acc.is_main_process:
+            return
+        self.ckpt.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.ckpt.with_suffix(".tmp")
+        torch.save({"params": [p.detach() for p in self.params], "ema": self.ema.shadow,
+                    "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
+                    "step": self.step, "losses": self.losses}, tmp)
+        tmp.replace(self.ckpt)
+
+    def run(self, loss_fn, evaluate=None) -> dict:
+        """Train the stage's parameters with `loss_fn(step) -> loss`; `evaluate()` → str at each checkpoint."""
+        t0, start = time.time(), self.step
+        while self.step < self.steps:
+            loss = loss_fn(self.step)
+            self.acc.backward(loss)
+            average_gradients(self.params, self.acc)
+            torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+            self.opt.step()
+            self.sched.step()
+            self.opt.zero_grad(set_to_none=True)
+            self.ema.update(self.step)
+            self.losses.append(float(loss.detach()))
+            self.step += 1
+            if self.step % 50 == 0 or self.step == self.steps:
+                rate = (self.step - start) / max(1e-6, time.time() - t0)
+                eta = (self.steps - self.step) / max(rate, 1e-6)
+                self.log(f"[{self.stage}] step {self.step}/{self.steps} loss {np.mean(self.losses[-50:]):.4f} "
+                         f"{rate:.2f} it/s eta {eta / 60:.1f} min")
+            if self.step % self.cfg.checkpoint_every == 0 or self.step == self.steps:
+                self.save()
+                if evaluate is not None and self.acc.is_main_process:
+                    self.log(f"[{self.stage}] step {self.step}: {evaluate()}")
+        self.ema.copy_to_params()
+        tail = self.losses[-200:]
+        return {"steps": self.steps, "final_loss": float(np.mean(tail)) if tail else None}
+
+
+def average_gradients(params: list[torch.nn.Parameter], acc) -> None:
+    """All-reduce (mean) the gradients of every rank in one flat buffer: DDP's semantics, but it also covers
+    modules used outside their forward (VAE encode/decode) and several models at once (UNet + text encoder)."""
+    if acc.num_processes == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= acc.num_processes
+    offset = 0
+    for p, g in zip(params, grads):
+        p.grad = flat[offset:offset + g.numel()].view_as(g).clone()
+        offset += g.numel()
+
+
+def _batch_rng(cfg: BaseTrainConfig, stage: str, step: int, rank: int) -> np.random.Generator:
+    """Per-step, per-rank data RNG: resuming replays the same batches; ranks see different ones."""
+    return np.random.default_rng([cfg.seed, STAGES.index(stage), step, rank])
+
+
+def train_vae(cfg, acc, base, clips, log) -> dict:
+    runner = StageRunner(cfg, acc, base, "vae", cfg.vae_steps, cfg.vae_lr, log)
+    vae = base.vae
+    frames = clips.frames.reshape(-1, *clips.frames.shape[2:])  # (N·F, H, W, 3)
+    masks = clips.masks.reshape(-1, *clips.masks.shape[2:])
+
+    def loss_fn(step):
+        idx = _batch_rng(cfg, "vae", step, acc.process_index).integers(0, len(frames), cfg.vae_batch)
+        x = to_unit(frames[idx]).to(acc.device)  # (B, 3, H, W)
+        w = 1 + (cfg.person_weight - 1) * torch.from_numpy(masks[idx]).float().to(acc.device)[:, None]
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        err = rec - x
+        return (w * (err.abs() + err.pow(2))).mean() + 1e-6 * post.kl().mean()
+
+    held_out = render_world(WorldSource(32, cfg.size, cfg.frames, cfg.fps, cfg.seed + 1, "eval"),
+                            Path(cfg.work_dir) / "cache", log=lambda *_: None)
+    x_eval = to_unit(held_out.frames.reshape(-1, *held_out.frames.shape[2:]))  # (256, 3, H, W), eval identities
+
+    @torch.no_grad()
+    def held_out_psnr() -> float:
+        return psnr(vae.decode(vae.encode(x_eval).latent_dist.mean).sample, x_eval)
+
+    summary = runner.run(loss_fn, evaluate=lambda: f"held-out PSNR {held_out_psnr():.2f} dB")
+    base.vae.eval()
+    with torch.no_grad():
+        z = base.vae.encode(to_unit(frames[:: max(1, len(frames) // 512)])).latent_dist.mean
+    base.vae.register_to_config(scaling_factor=float(1.0 / z.std()))
+    summary.update(psnr_db=held_out_psnr(), scaling_factor=base.vae.config.scaling_factor)
+    log(f"[vae] PSNR {summary['psnr_db']:.2f} dB, scaling factor {summary['scaling_factor']:.4f}")
+    return summary
+
+
+@torch.no_grad()
+def encode_all(vae, images: np.ndarray, chunk: int = 256) -> torch.Tensor:
+    """uint8 (N, H, W, 3) → latent means × scaling factor, float16 (N, 4, h, w)."""
+    out = [vae.encode(to_unit(images[s:s + chunk])).latent_dist.mean * vae.config.scaling_factor
+           for s in range(0, len(images), chunk)]
+    return torch.cat(out).half()
+
+
+def _encode_text(base, captions: list[str], device) -> torch.Tensor:
+    ids = base.tokenizer(captions, padding="max_length", max_length=base.tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt").input_ids.to(device)
+    return base.text_encoder(ids)[0]  # (B, T, D)
+
+
+def denoising_loss(base, acp, z, p, captions, t, noise, *, train_text: bool, device) -> torch.Tensor:
+    """ε-prediction MSE for latents z and pose latents p, float (B, 4, F, h, w); one timestep per sample."""
+    z, p, noise, t = z.to(device), p.to(device), noise.to(device), t.to(device)
+    a = acp[t].view(-1, 1, 1, 1, 1)
+    noisy = a.sqrt() * z + (1 - a).sqrt() * noise
+    with torch.set_grad_enabled(train_text):
+        text = _encode_text(base, captions, device)  # (B, T, D)
+    emb = text.repeat_interleave(z.shape[2], 0)  # (B·F, T, D)
+    pred = base.unet(torch.cat([noisy, p], 1), t, encoder_hidden_states=emb).sample
+    return F.mse_loss(pred, noise)
+
+
+def train_unet(cfg, acc, base, clips, stage: Stage, log, latents, pose_latents) -> dict:
+    """Stage `image` (frames as independent images) or `video` (clips of F frames)."""
+    from diffusers import DDPMScheduler
+
+    steps = cfg.image_steps if stage == "image" else cfg.video_steps
+    runner = StageRunner(cfg, acc, base, stage, steps, cfg.lr, log)
+    acp = DDPMScheduler.from_config(base.scheduler_config).alphas_cumprod.to(acc.device)
+    n, f = latents.shape[:2]  # latents (N, F, 4, h, w)
+
+    def loss_fn(step):
+        rng = _batch_rng(cfg, stage, step, acc.process_index)
+        if stage == "image":
+            ci, fi = rng.integers(0, n, cfg.image_batch), rng.integers(0, f, cfg.image_batch)
+            z = latents[ci, fi].float()[:, :, None]  # (B, 4, 1, h, w)
+            p = pose_latents[ci, fi].float()[:, :, None]
+        else:
+            ci = rng.integers(0, n, cfg.video_batch)
+            z = latents[ci].float().permute(0, 2, 1, 3, 4)  # (B, F, 4, h, w) → (B, 4, F, h, w)
+            p = pose_latents[ci].float().permute(0, 2, 1, 3, 4)
+        caps = [("" if rng.random() < cfg.caption_dropout else clips.captions[i]) for i in ci]
+        g = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        noise = torch.randn(z.shape, generator=g)
+        t = torch.from_numpy(rng.integers(0, len(acp), z.shape[0]))
+        return denoising_loss(base, acp, z, p, caps, t, noise, train_text=stage == "image", device=acc.device)
+
+    return runner.run(loss_fn)
+
+
+def check_ranks_agree(acc, base, work: Path, stage: str) -> None:
+    """Every rank writes a hash of its exact weights; rank 0 refuses to go on if they differ (DDP drift)."""
+    h = hashlib.sha256()
+    for module in (base.unet, base.vae, base.text_encoder):
+        for name, t in sorted(module.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    fp = h.hexdigest()
+    ranks = work / "ranks"
+    ranks.mkdir(parents=True, exist_ok=True)
+    (ranks / f"{stage}-rank{acc.process_index}.txt").write_text(fp)
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        seen = {(ranks / f"{stage}-rank{i}.txt").read_text() for i in range(acc.num_processes)}
+        if len(seen) != 1:
+            raise RuntimeError(f"ranks disagree after stage {stage}: {sorted(seen)}")
+
+
+# ----------------------------------------------------------------------------------------------- entry
+def train_base(cfg: BaseTrainConfig, log=print) -> Path:
+    """Run the requested stages and write the bundle (fp16) to cfg.output after each stage."""
+    from accelerate import Accelerator
+
+    torch.set_num_threads(cfg.threads)
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+    torch.manual_seed(cfg.seed)
+    work = Path(cfg.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    src = WorldSource.parse(cfg.data, cfg.size, cfg.frames, cfg.fps)
+    clips = render_world(src, work / "cache", log=log if acc.is_main_process else (lambda *_: None))
+    state_file = work / "state.json"
+    state = json.loads(state_file.read_text()) if cfg.resume and state_file.is_file() else {"done": {}}
+
+    init = work / "current"  # the bundle after the last finished stage
+    if cfg.resume and (init / "aa_bundle.json").is_file():
+        base = load_base(init)
+    elif cfg.init:
+        base = load_base(cfg.init)
+    else:
+        tiny = TinyConfig(sample_size=cfg.size, vocab_size=cfg.vocab_size, max_tokens=cfg.max_tokens)
+        base = build_random_base(tiny, captions=clips.captions, seed=cfg.seed, tokenizer_dir=work / "tokenizer")
+        zero_motion_outputs(base.unet)
+    tok_dir = work / "tokenizer" if (work / "tokenizer" / "vocab.json").is_file() else Path(base.source) / "tokenizer"
+    for m in (base.unet, base.vae, base.text_encoder):
+        m.train()
+
+    latents = pose_latents = None
+    for stage in cfg.stages:
+        if stage in state["done"]:
+            log(f"[{stage}] already done: {state['done'][stage]}")
+            continue
+        if stage == "vae":
+            summary = train_vae(cfg, acc, base, clips, log)
+        else:
+            if latents is None:  # pre-encode once with the (now fixed) VAE
+                base.vae.eval()
+                flat = lambda a: a.reshape(-1, *a.shape[2:])  # noqa: E731
+                n, f = clips.frames.shape[:2]
+                latents = encode_all(base.vae, flat(clips.frames))
+                latents = latents.view(n, f, *latents.shape[1:])  # (N, F, 4, h, w)
+                pose_latents = encode_all(base.vae, flat(clips.skeletons)).view(latents.shape)
+            summary = train_unet(cfg, acc, base, clips, stage, log, latents, pose_latents)
+        state["done"][stage] = summary
+        check_ranks_agree(acc, base, work, stage)
+        if acc.is_main_process:
+            for m in (base.unet, base.vae, base.text_encoder):
+                m.eval()
+            provenance = {"recipe": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+                          "data": asdict(src), "stages": state["done"], "torch": torch.__version__}
+            save_bundle(base, init, half=False, name="aa-tiny", provenance=provenance, tokenizer_dir=tok_dir)
+            save_bundle(base, cfg.output, half=True, name="aa-tiny", provenance=provenance, tokenizer_dir=tok_dir)
+            state_file.write_text(json.dumps(state, indent=1))
+            for m in (base.unet, base.vae, base.text_encoder):
+                m.train()
+        acc.wait_for_everyone()
+    return Path(cfg.output)

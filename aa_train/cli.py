@@ -1,0 +1,113 @@
+"""`aa-train`: `base` (train a base bundle on the synthetic world) and `identity` (one-shot identity adapter)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from aa_runtime.cli import fail, quiet_libraries
+from aa_runtime.errors import AAError
+
+from .identity import PRESETS
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+def main():
+    """Train AnimateAnywhere models."""
+    quiet_libraries()
+
+
+@main.command("base")
+@click.option("--data", default="world:4000", show_default=True, help="world:N[:SEED] — N synthetic clips.")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Bundle folder to write (fp16).")
+@click.option("--stages", default="vae,image,video", show_default=True, help="Comma list of vae, image, video.")
+@click.option("--work-dir", default="runs/aa-tiny", show_default=True, type=click.Path(path_type=Path),
+              help="Checkpoints, caches, the fp32 bundle after each stage.")
+@click.option("--size", default=64, show_default=True, help="Frame size in pixels.")
+@click.option("--frames", default=8, show_default=True, help="Frames per training clip.")
+@click.option("--vae-steps", default=12000, show_default=True)
+@click.option("--image-steps", default=20000, show_default=True)
+@click.option("--video-steps", default=4000, show_default=True)
+@click.option("--vae-batch", default=32, show_default=True)
+@click.option("--image-batch", default=32, show_default=True)
+@click.option("--video-batch", default=4, show_default=True)
+@click.option("--lr", default=3e-4, show_default=True, help="UNet/text-encoder learning rate.")
+@click.option("--vae-lr", default=5e-4, show_default=True)
+@click.option("--warmup", default=500, show_default=True)
+@click.option("--checkpoint-every", default=500, show_default=True)
+@click.option("--init", default=None, help="Start from this bundle instead of random weights.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--threads", default=1, show_default=True, help="torch threads per process.")
+@click.option("--resume", is_flag=True, help="Continue from the checkpoints in --work-dir.")
+def base_cmd(data, output, stages, work_dir, size, frames, vae_steps, image_steps, video_steps, vae_batch,
+             image_batch, video_batch, lr, vae_lr, warmup, checkpoint_every, init, seed, threads, resume):
+    """Train a pose-conditioned base bundle (VAE, then image stage, then video stage)."""
+    from .base import BaseTrainConfig, train_base
+
+    try:
+        cfg = BaseTrainConfig(output=output, data=data, stages=tuple(s.strip() for s in stages.split(",") if s.strip()),
+                              work_dir=work_dir, size=size, frames=frames, vae_steps=vae_steps,
+                              image_steps=image_steps, video_steps=video_steps, vae_batch=vae_batch,
+                              image_batch=image_batch, video_batch=video_batch, lr=lr, vae_lr=vae_lr, warmup=warmup,
+                              checkpoint_every=checkpoint_every, init=init, seed=seed, threads=threads, resume=resume)
+        path = train_base(cfg, log=lambda m: click.echo(m, err=True))
+    except AAError as e:
+        fail(e)
+    click.echo(f"  bundle: {path}")
+
+
+@main.command("identity")
+@click.argument("video", type=click.Path(path_type=Path))
+@click.option("--name", required=True, help="Identifier word; the prompt token is <NAME>.")
+@click.option("--class-word", required=True, help="The class of the person: man, woman, person, …")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Adapter .safetensors to write.")
+@click.option("--base", default=None, help="aa bundle or SD1.5 folder [default: the embedded bundle].")
+@click.option("--motion-module", default=None, help="AnimateDiff motion module, with an SD1.5 --base.")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
+              help="Settings for real weights (sd15-4090: 512 px, 16 frames, rank 16, checkpointing, 8-bit Adam).")
+@click.option("--stage1-steps", type=int, default=None, help="Image-stage steps [300].")
+@click.option("--stage2-steps", type=int, default=None, help="Video-stage steps [100].")
+@click.option("--rank", type=int, default=None, help="LoRA rank [8].")
+@click.option("--alpha", type=float, default=None, help="LoRA alpha [8].")
+@click.option("--lr", type=float, default=None, help="Learning rate [1e-3].")
+@click.option("--resolution", type=int, default=None, help="Training size in pixels [the base's].")
+@click.option("--frames", "clip_frames", type=int, default=None, help="Frames per stage-2 clip [8].")
+@click.option("--max-frames", type=int, default=None, help="Reference frames used at most [32].")
+@click.option("--image-batch", type=int, default=None, help="Frames per stage-1 step [4].")
+@click.option("--bw-alpha", type=float, default=None, help="Background-weakening α (1 = plain MSE) [0.001].")
+@click.option("--mask-attention-weight", type=float, default=None, help="Cross-region attention weight w (1 = off) [0.3].")
+@click.option("--prior-weight", type=float, default=None, help="Prior-preservation weight (0 = off) [1.0].")
+@click.option("--prior-steps", type=int, default=None, help="Sampling steps for the class samples [20].")
+@click.option("--optimizer", type=click.Choice(["adamw8bit", "adamw"]), default=None, help="[adamw8bit].")
+@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None,
+              help="Checkpoint UNet and motion modules [on with CUDA].")
+@click.option("--pose-backend", type=click.Choice(["auto", "sidecar", "mediapipe", "dwpose"]), default="auto",
+              show_default=True)
+@click.option("--mask-backend", type=click.Choice(["auto", "sidecar", "mediapipe", "sam"]), default="auto",
+              show_default=True)
+@click.option("--captioner", type=click.Choice(["template", "openai"]), default="template", show_default=True)
+@click.option("--description", default=None, help="Extra caption text for the template captioner.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda[:N].")
+@click.option("--work-dir", type=click.Path(path_type=Path), default=None, help="Checkpoints [OUTPUT.work].")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Prepared-data cache.")
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint in --work-dir.")
+def identity_cmd(video, output, preset, **options):
+    """Learn the person in VIDEO as a LoRA identity adapter (one-shot, two stages)."""
+    from .identity import IdentityTrainConfig, train_identity
+
+    settings = dict(PRESETS.get(preset, {}))
+    settings.update({k: v for k, v in options.items() if v is not None})
+    try:
+        cfg = IdentityTrainConfig(video=video, output=output, **settings)
+        result = train_identity(cfg, log=lambda m: click.echo(m, err=True))
+    except AAError as e:
+        fail(e)
+    click.echo(f" adapter: {result.adapter}")
+    click.echo(f"    loss: {output.with_suffix('.loss.png')}")
+    click.echo(f" preview: {output.with_suffix('.annotations.png')}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

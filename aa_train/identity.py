@@ -1,0 +1,404 @@
+"""`aa-train identity`: ID-consistent one-shot learning (DESIGN §2, §7).
+
+From one reference video: stage 1 trains LoRA on the spatial cross-attention with frames as independent images
+(motion modules bypassed); stage 2 continues on clips with the motion modules on. Losses: background-weakening
+(eq. 1) + DreamBooth prior preservation on class samples generated once by the base. Mask-guided spatial
+self-attention is active in both stages. Everything but the LoRA matrices stays frozen."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from aa_runtime.adapters import SPATIAL_ATTN2, adapter_metadata, attach_lora, save_adapter
+from aa_runtime.errors import AAError, MissingDependencyError, atomic_path
+from aa_runtime.model import load_base
+from aa_runtime.pipeline import AnimatePipeline
+from aa_runtime.poses import PoseSequence, render_skeletons
+
+from .attention import reset_attention, set_mask_guided_attention
+from .losses import background_weakening_loss, latent_masks, prior_preservation_loss
+
+ADAPTER_NAME = "identity"
+
+
+@dataclass(frozen=True)
+class IdentityTrainConfig:
+    """Settings of one identity job; saved in the adapter's training summary."""
+
+    video: Path
+    name: str
+    class_word: str
+    output: Path
+    base: str | None = None
+    motion_module: str | None = None
+    rank: int = 8
+    alpha: float = 8.0
+    lr: float = 1e-3
+    stage1_steps: int = 300
+    stage2_steps: int = 100
+    image_batch: int = 4
+    clip_frames: int = 8
+    resolution: int | None = None  # default: the base's sample size
+    max_frames: int = 32
+    bw_alpha: float = 0.001
+    mask_attention_weight: float = 0.3  # w for cross-region attention pairs; 1 = plain attention
+    prior_weight: float = 1.0
+    prior_steps: int = 20  # sampling steps for the class samples
+    optimizer: Literal["adamw8bit", "adamw"] = "adamw8bit"
+    full_attn2: bool = False  # ablation: fine-tune the attn2 projections fully instead of LoRA
+    single_frame: bool = False  # ablation: one reference frame instead of the video
+    gradient_checkpointing: bool | None = None  # default: on with CUDA
+    pose_backend: str = "auto"
+    mask_backend: str = "auto"
+    captioner: str = "template"
+    description: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    work_dir: Path | None = None
+    resume: bool = False
+    cache_dir: Path | None = None
+    preview: bool = True
+
+    def __post_init__(self):
+        if not re.fullmatch(r"[A-Za-z0-9_\-]+", self.name or ""):
+            raise AAError("name", repr(self.name), "use one word of letters/digits, e.g. --name me (token <me>)")
+        if not self.class_word.strip():
+            raise AAError("class word", repr(self.class_word), "give the class, e.g. --class-word man")
+        if self.output.suffix != ".safetensors":
+            raise AAError("output", self.output, "give a .safetensors path")
+        if not 1 <= self.rank <= 256:
+            raise AAError("rank", self.rank, "use 1 to 256")
+        for name in ("stage1_steps", "stage2_steps"):
+            if getattr(self, name) < 0:
+                raise AAError(name.replace("_", "-"), getattr(self, name), "use ≥ 0 steps")
+        if self.stage1_steps + self.stage2_steps == 0:
+            raise AAError("steps", 0, "train at least one stage (--stage1-steps / --stage2-steps)")
+        if not 0 <= self.bw_alpha <= 1:
+            raise AAError("bw-alpha", self.bw_alpha, "use 0 ≤ α ≤ 1 (1 = plain MSE)")
+        if not 0 <= self.mask_attention_weight <= 1:
+            raise AAError("mask-attention-weight", self.mask_attention_weight, "use 0 ≤ w ≤ 1 (1 = off)")
+        if self.prior_weight < 0:
+            raise AAError("prior-weight", self.prior_weight, "use ≥ 0 (0 = no prior preservation)")
+        if self.image_batch < 1 or self.clip_frames < 1:
+            raise AAError("batch/frames", f"{self.image_batch}/{self.clip_frames}", "use ≥ 1")
+        if self.optimizer not in ("adamw8bit", "adamw"):
+            raise AAError("optimizer", self.optimizer, "use adamw8bit or adamw")
+
+    @property
+    def token(self) -> str:
+        return f"<{self.name}>"
+
+
+PRESETS = {
+    # real SD1.5 + AnimateDiff on a 24 GB card (fits 12 GB with everything checkpointed; benchmarks/memory.py)
+    "sd15-4090": dict(resolution=512, clip_frames=16, rank=16, alpha=16.0, lr=1e-4, stage1_steps=800,
+                      stage2_steps=400, image_batch=2, gradient_checkpointing=True, optimizer="adamw8bit",
+                      prior_steps=25),
+}
+
+
+@dataclass
+class IdentityResult:
+    adapter: Path | None
+    summary: dict
+    deltas: dict[str, torch.Tensor] = field(default_factory=dict)  # module path → ΔW of each trained attn2 linear
+
+
+# ------------------------------------------------------------------------------------------- helpers
+class _Bypass(torch.nn.Module):
+    """Stands in for a motion module during stage 1: frames pass through untouched."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states
+
+
+@contextmanager
+def motion_modules_off(unet):
+    """Swap every motion module for a pass-through (module swap, reversible; no forward patching)."""
+    blocks = [b for b in (*unet.down_blocks, unet.mid_block, *unet.up_blocks) if hasattr(b, "motion_modules")]
+    saved = [list(b.motion_modules) for b in blocks]
+    for b in blocks:
+        for i in range(len(b.motion_modules)):
+            b.motion_modules[i] = _Bypass()
+    try:
+        yield
+    finally:
+        for b, mods in zip(blocks, saved):
+            for i, m in enumerate(mods):
+                b.motion_modules[i] = m
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise AAError("device", name, "no CUDA GPU is visible here; use --device cpu")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise AAError("device", name, "use auto, cpu or cuda[:N]")
+    return torch.device(name)
+
+
+def make_optimizer(params, cfg: IdentityTrainConfig):
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise MissingDependencyError("bitsandbytes", "gpu", "the 8-bit AdamW optimizer (or pass --optimizer adamw)") from None
+    return bnb.optim.AdamW8bit(params, lr=cfg.lr, weight_decay=1e-2)
+
+
+def trainable_attn2(unet, cfg: IdentityTrainConfig) -> tuple[list[str], list[torch.nn.Parameter]]:
+    """Freeze everything, then open either LoRA on the spatial attn2 projections or (ablation) the projections."""
+    unet.requires_grad_(False)
+    targets = [n for n, _ in unet.named_modules() if re.fullmatch(SPATIAL_ATTN2, n)]
+    if cfg.full_attn2:
+        params = []
+        for n in targets:
+            for p in unet.get_submodule(n).parameters():
+                p.requires_grad_(True)
+                params.append(p)
+        return targets, params
+    attach_lora(unet, cfg.rank, cfg.alpha, targets, ADAPTER_NAME)
+    params = [p for n, p in unet.named_parameters() if "lora_" in n]
+    for p in params:
+        p.requires_grad_(True)
+    return targets, params
+
+
+def lora_tensors(unet, targets: list[str]) -> tuple[dict, dict]:
+    A, B = {}, {}
+    for n in targets:
+        layer = unet.get_submodule(n)
+        A[n] = layer.lora_A[ADAPTER_NAME].weight.detach().float().cpu()
+        B[n] = layer.lora_B[ADAPTER_NAME].weight.detach().float().cpu()
+    return A, B
+
+
+@torch.no_grad()
+def encode_frames(pipe: AnimatePipeline, frames: np.ndarray) -> torch.Tensor:
+    """uint8 (F, H, W, 3) → latents (F, 4, h, w)."""
+    return pipe.encode_images(frames, 16)[0].permute(1, 0, 2, 3)  # (1, C, F, h, w) → (F, C, h, w)
+
+
+def class_samples(pipe: AnimatePipeline, data, cfg: IdentityTrainConfig, cache_dir: Path) -> np.ndarray:
+    """Prior-preservation samples: the base's video of the class caption in the reference poses, generated once
+    and cached by (base, caption, poses, seed, steps). uint8 (F, R, R, 3)."""
+    res = data.frames.shape[1]
+    key = hashlib.sha256(json.dumps([pipe.fingerprint, data.class_caption, cfg.seed, cfg.prior_steps, res,
+                                     hashlib.sha256(data.keypoints.tobytes()).hexdigest()]).encode()).hexdigest()[:16]
+    path = cache_dir / f"prior-{key}.npy"
+    if path.is_file():
+        return np.load(path)
+    poses = PoseSequence(data.keypoints, res, res, data.fps)
+    window = min(16, int(pipe.unet.config.motion_max_seq_length))
+    out = pipe(data.class_caption, poses, num_frames=poses.frames, fps=poses.fps, height=res, width=res,
+               num_inference_steps=cfg.prior_steps, seed=cfg.seed, window=window, overlap=4, pose_fit="frame",
+               retarget_poses=False, progress=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, out.frames)
+    return out.frames
+
+
+def save_loss_curve(losses: dict[str, list[float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    offset = 0
+    for stage, values in losses.items():
+        if values:
+            v = np.asarray(values)
+            k = max(1, len(v) // 50)
+            smooth = np.convolve(v, np.ones(k) / k, mode="valid")
+            ax.plot(np.arange(len(smooth)) + offset, smooth, label=stage)
+            offset += len(v)
+    ax.set_xlabel("step"), ax.set_ylabel("loss"), ax.set_yscale("log"), ax.legend(), ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------- entry point
+def train_identity(cfg: IdentityTrainConfig, log=print) -> IdentityResult:
+    """Prepare the reference video, train both stages, write the adapter (+ loss curve and preview)."""
+    from tqdm.auto import tqdm
+
+    from .preprocess import PrepareConfig, prepare_identity
+
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    base = load_base(cfg.base, cfg.motion_module, device=device, dtype=torch.float32)
+    res = cfg.resolution or base.defaults.width
+    m = base.vae_scale * 2 ** (len(base.unet.config.block_out_channels) - 1)
+    if res % m or res < m:
+        raise AAError("resolution", res, f"use a multiple of {m} for this base")
+    work = Path(cfg.work_dir) if cfg.work_dir else cfg.output.with_suffix(".work")
+    work.mkdir(parents=True, exist_ok=True)
+
+    # 1. data: frames, poses, masks, captions (cached by video hash + settings)
+    t0 = time.time()
+    data = prepare_identity(PrepareConfig(
+        video=cfg.video, token=cfg.token, class_word=cfg.class_word, resolution=res, max_frames=cfg.max_frames,
+        pose_backend=cfg.pose_backend, mask_backend=cfg.mask_backend, captioner=cfg.captioner,
+        description=cfg.description, **({"cache_dir": cfg.cache_dir} if cfg.cache_dir else {})))
+    if cfg.single_frame:
+        mid = len(data.frames) // 2
+        data = replace(data, frames=data.frames[mid:mid + 1], keypoints=data.keypoints[mid:mid + 1],
+                       masks=data.masks[mid:mid + 1])
+    if cfg.preview:
+        from .preprocess import write_preview
+
+        write_preview(data, cfg.output.with_suffix(".annotations.png"))
+    n = len(data.frames)
+    log(f"reference: {n} frames at {res}px, caption {data.caption!r} ({time.time() - t0:.1f}s)")
+
+    # 2. caches: latents, pose latents, text embeddings, latent masks, class samples
+    pipe = AnimatePipeline.from_base(base)
+    cache = Path(cfg.cache_dir or work)
+    latents = encode_frames(pipe, data.frames)  # (F, 4, h, w)
+    poses = PoseSequence(data.keypoints, res, res, data.fps)
+    pose_latents = encode_frames(pipe, render_skeletons(poses))
+    fore = latent_masks(torch.from_numpy(data.masks), latents.shape[-2:]).to(device)  # (F, 1, h, w)
+    text = pipe.encode_prompt(data.caption)  # (1, T, D)
+    class_text = pipe.encode_prompt(data.class_caption)
+    use_prior = cfg.prior_weight > 0
+    prior_latents = encode_frames(pipe, class_samples(pipe, data, cfg, cache)) if use_prior else None
+    log(f"caches ready ({time.time() - t0:.1f}s)")
+
+    # 3. trainable parameters, optimizer, attention, checkpointing
+    unet = base.unet
+    targets, params = trainable_attn2(unet, cfg)
+    opt = make_optimizer(params, cfg)
+    regions = set_mask_guided_attention(unet, cfg.mask_attention_weight)
+    ckpt_on = cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else device.type == "cuda"
+    restore_ckpt = None
+    if ckpt_on:
+        from .checkpointing import enable_full_gradient_checkpointing
+
+        restore_ckpt = enable_full_gradient_checkpointing(unet)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    unet.train()
+    from diffusers import DDPMScheduler
+
+    acp = DDPMScheduler.from_config(base.scheduler_config).alphas_cumprod.to(device)
+    T = len(acp)
+    losses: dict[str, list[float]] = {"stage1": [], "stage2": []}
+    step0 = {"stage1": 0, "stage2": 0}
+    ckpt = work / "checkpoint.pt"
+    if cfg.resume and ckpt.is_file():
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        with torch.no_grad():
+            for p, v in zip(params, state["params"]):
+                p.copy_(v)
+        opt.load_state_dict(state["opt"])
+        losses, step0 = state["losses"], state["steps"]
+        log(f"resumed: stage1 {step0['stage1']}, stage2 {step0['stage2']}")
+
+    def save_checkpoint(steps):
+        with atomic_path(ckpt) as tmp:
+            torch.save({"params": [p.detach().cpu() for p in params], "opt": opt.state_dict(),
+                        "losses": losses, "steps": steps}, tmp)
+
+    def one_step(stage: str, rng: np.random.Generator) -> float:
+        if stage == "stage1":  # frames as independent images: (B, C, 1, h, w)
+            idx = rng.integers(0, n, cfg.image_batch)
+            z, p, fm = latents[idx][:, :, None], pose_latents[idx][:, :, None], fore[idx][:, :, None]
+        else:  # one clip window: (1, C, F, h, w)
+            f = min(cfg.clip_frames, n)
+            s = int(rng.integers(0, n - f + 1))
+            idx = np.arange(s, s + f)
+            z = latents[idx].permute(1, 0, 2, 3)[None]
+            p = pose_latents[idx].permute(1, 0, 2, 3)[None]
+            fm = fore[idx].permute(1, 0, 2, 3)[None]
+        b, frames = z.shape[0], z.shape[2]
+        zs, ps, texts, masks = [z], [p], [text.repeat(b * frames, 1, 1)], [fm.permute(0, 2, 1, 3, 4).flatten(0, 1)]
+        if use_prior:
+            zs.append(prior_latents[idx][:, :, None] if stage == "stage1" else prior_latents[idx].permute(1, 0, 2, 3)[None])
+            ps.append(p)
+            texts.append(class_text.repeat(b * frames, 1, 1))
+            masks.append(torch.ones_like(masks[0]))  # one region: plain attention for class samples
+        z, p = torch.cat(zs).to(device), torch.cat(ps).to(device)
+        g = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        noise = torch.randn(z.shape, generator=g).to(device)
+        t = torch.from_numpy(rng.integers(0, T, z.shape[0])).to(device)
+        a = acp[t].view(-1, 1, 1, 1, 1)
+        noisy = a.sqrt() * z + (1 - a).sqrt() * noise
+        regions.masks = torch.cat(masks).to(device)  # (N·F, 1, h, w), same order as the UNet's frames
+        with autocast:
+            pred = unet(torch.cat([noisy, p], 1), t, encoder_hidden_states=torch.cat(texts).to(device)).sample
+        loss = background_weakening_loss(pred[:b], noise[:b], fm.to(device), cfg.bw_alpha)
+        if use_prior:
+            loss = loss + cfg.prior_weight * prior_preservation_loss(pred[b:], noise[b:])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    # 4. stage 1 (images, motion modules off), then stage 2 (clips, motion modules on)
+    t_train = time.time()
+    for stage, total in (("stage1", cfg.stage1_steps), ("stage2", cfg.stage2_steps)):
+        if step0[stage] >= total:
+            continue
+        bar = tqdm(range(step0[stage], total), initial=step0[stage], total=total, desc=stage, leave=False,
+                   disable=None)
+        ctx = motion_modules_off(unet) if stage == "stage1" else nullcontext()
+        with ctx:
+            for step in bar:
+                rng = np.random.default_rng([cfg.seed, 1 if stage == "stage1" else 2, step])
+                losses[stage].append(one_step(stage, rng))
+                step0[stage] = step + 1
+                bar.set_postfix(loss=f"{np.mean(losses[stage][-20:]):.4f}")
+                if (step + 1) % 100 == 0 and step + 1 < total:
+                    save_checkpoint(step0)
+        log(f"{stage}: {total} steps, loss {np.mean(losses[stage][-50:]) if losses[stage] else float('nan'):.4f}")
+    train_s = time.time() - t_train
+    regions.masks = None
+    reset_attention(unet)
+    if restore_ckpt is not None:
+        restore_ckpt()
+    unet.eval()
+
+    # 5. write the adapter (LoRA) or collect the full deltas (ablation), with the loss curve
+    summary = {"stages": {"stage1": {"steps": cfg.stage1_steps, "final_loss": _tail(losses["stage1"])},
+                          "stage2": {"steps": cfg.stage2_steps, "final_loss": _tail(losses["stage2"])}},
+               "train_seconds": round(train_s, 1), "frames": n, "resolution": res, "caption": data.caption,
+               "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()
+                            if k not in ("output", "work_dir", "cache_dir")},
+               "preprocess": {k: v for k, v in data.source.items() if k in ("pose_backend", "mask_backend", "captioner")}}
+    if cfg.full_attn2:
+        deltas = {}  # the trained projections minus the base's: reload the base to diff against
+        ref = load_base(cfg.base, cfg.motion_module, device="cpu").unet
+        for name in targets:
+            deltas[name] = (unet.get_submodule(name).weight.detach().cpu() - ref.get_submodule(name).weight)
+        return IdentityResult(None, summary, deltas)
+    A, B = lora_tensors(unet, targets)
+    scale = cfg.alpha / cfg.rank
+    deltas = {k: scale * B[k] @ A[k] for k in A}
+    meta = adapter_metadata(identifier=cfg.token, class_word=cfg.class_word, rank=cfg.rank, alpha=cfg.alpha,
+                            base_fingerprint=base.fingerprint, bone_lengths=data.bone_lengths, training=summary)
+    path = save_adapter(cfg.output, A, B, meta)
+    save_loss_curve(losses, cfg.output.with_suffix(".loss.png"))
+    if ckpt.is_file():
+        ckpt.unlink()
+    return IdentityResult(path, summary, deltas)
+
+
+def _tail(values: list[float]) -> float | None:
+    return round(float(np.mean(values[-50:])), 5) if values else None
+

@@ -1,0 +1,83 @@
+"""Training data from the synthetic world: `world:N` = N rendered clips, cached once as uint8 arrays."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from aa_runtime.errors import AAError, atomic_path
+from aa_runtime.poses import render_skeleton
+
+
+@dataclass(frozen=True)
+class WorldSource:
+    """`world:N[:seed]`: N training clips of `frames` frames at `size` px, from the training identity range."""
+
+    clips: int
+    size: int = 64
+    frames: int = 8
+    fps: float = 8.0
+    seed: int = 0
+    split: str = "train"
+
+    @classmethod
+    def parse(cls, spec: str, size: int, frames: int, fps: float) -> "WorldSource":
+        parts = spec.split(":")
+        if parts[0] != "world" or len(parts) not in (2, 3) or not all(p.isdigit() for p in parts[1:]):
+            raise AAError("data", spec, "use world:N or world:N:SEED (N clips of the synthetic world)")
+        src = cls(int(parts[1]), size, frames, fps, int(parts[2]) if len(parts) == 3 else 0)
+        if src.clips < 1:
+            raise AAError("data", spec, "ask for at least one clip")
+        return src
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass
+class WorldClips:
+    """Rendered clips: frames uint8 (N, F, H, W, 3), skeletons uint8 (N, F, H, W, 3), masks bool (N, F, H, W),
+    captions (N,)."""
+
+    frames: np.ndarray
+    skeletons: np.ndarray
+    masks: np.ndarray
+    captions: list[str]
+
+
+def render_world(src: WorldSource, cache_dir: Path, log=print) -> WorldClips:
+    """Render (or load from cache) the clips of `src`; deterministic from its seed."""
+    from aa_world.clips import render_clip, sample_clip_spec
+
+    cache = Path(cache_dir) / f"world-{src.clips}-{src.size}px-{src.frames}f-{src.key}.npz"
+    if cache.is_file():
+        z = np.load(cache)
+        return WorldClips(z["frames"], z["skeletons"], z["masks"], json.loads(str(z["captions"])))
+    rng = np.random.default_rng(src.seed)
+    n, f, s = src.clips, src.frames, src.size
+    frames = np.zeros((n, f, s, s, 3), np.uint8)
+    skeletons = np.zeros_like(frames)
+    masks = np.zeros((n, f, s, s), bool)
+    captions = []
+    for i in range(n):
+        clip = render_clip(sample_clip_spec(rng, split=src.split, frames=f, fps=src.fps, size=s))
+        frames[i], masks[i] = clip.frames, clip.masks
+        skeletons[i] = np.stack([render_skeleton(k, s, s) for k in clip.keypoints])
+        captions.append(clip.caption)
+        if (i + 1) % 1000 == 0:
+            log(f"rendered {i + 1}/{n} clips")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(cache) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, frames=frames, skeletons=skeletons, masks=masks, captions=json.dumps(captions))
+    return WorldClips(frames, skeletons, masks, captions)
+
+
+def default_threads() -> int:
+    """One torch thread by default when the CPU is shared (STACK-NOTES: contention slows torch 10–25×)."""
+    return int(os.environ.get("AA_THREADS", "1"))

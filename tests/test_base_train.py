@@ -1,0 +1,64 @@
+"""Base training: a step lowers the loss on a fixed batch; two accelerate processes end with identical weights."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from aa_runtime.model import TinyConfig, build_random_base, load_base
+
+
+def test_image_stage_steps_lower_the_loss_on_a_fixed_batch():
+    from diffusers import DDPMScheduler
+
+    from aa_train.base import denoising_loss, encode_all, trainable_parameters, zero_motion_outputs
+    from aa_train.world_data import WorldSource, render_world
+
+    base = build_random_base(TinyConfig(max_tokens=64), seed=0)
+    zero_motion_outputs(base.unet)
+    clips = render_world(WorldSource(2, 64, 2, 8.0), cache_dir=_tmp_cache())
+    z = encode_all(base.vae, clips.frames.reshape(-1, 64, 64, 3)).float()[:, :, None]  # (4, 4, 1, 16, 16)
+    p = encode_all(base.vae, clips.skeletons.reshape(-1, 64, 64, 3)).float()[:, :, None]
+    caps = [c for c in clips.captions for _ in range(2)]
+    acp = DDPMScheduler.from_config(base.scheduler_config).alphas_cumprod
+    g = torch.Generator().manual_seed(0)
+    noise, t = torch.randn(z.shape, generator=g), torch.tensor([100, 300, 500, 700])
+    params = trainable_parameters(base, "image")
+    assert not any(p.requires_grad for n, p in base.unet.named_parameters() if "motion_modules" in n)
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    losses = []
+    for _ in range(8):
+        loss = denoising_loss(base, acp, z, p, caps, t, noise, train_text=True, device="cpu")
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def _tmp_cache():
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="aa-world-")
+
+
+@pytest.mark.slow
+def test_two_process_accelerate_run_ends_with_identical_weights(tmp_path):
+    # accelerate 1.15's `launch --cpu --num_processes 2` starts ONE process (multi-CPU goes through mpirun);
+    # torchrun sets the distributed environment that `Accelerator` reads (MULTI_CPU, gloo).
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    work, out = tmp_path / "work", tmp_path / "bundle"
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "aa_train.cli", "base", "--data", "world:6", "--frames", "2", "-o", str(out),
+           "--work-dir", str(work), "--vae-steps", "2", "--image-steps", "2", "--video-steps", "2",
+           "--vae-batch", "2", "--image-batch", "2", "--video-batch", "1", "--warmup", "1", "--checkpoint-every", "2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for stage in ("vae", "image", "video"):
+        hashes = {(work / "ranks" / f"{stage}-rank{i}.txt").read_text() for i in range(2)}
+        assert len(hashes) == 1, stage
+    manifest = json.loads((out / "aa_bundle.json").read_text())
+    assert set(manifest["provenance"]["stages"]) == {"vae", "image", "video"}
+    assert load_base(out).unet.config.in_channels == 8
