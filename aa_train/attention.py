@@ -19,8 +19,9 @@ class RegionMasks:
     """Person masks of the current batch at latent resolution, float (N, 1, h, w), N = batch × frames;
     None = plain attention."""
 
-    def __init__(self):
+    def __init__(self, previous: dict | None = None):
         self.masks: torch.Tensor | None = None
+        self.previous = previous or {}  # the processors replaced, restored by `reset_attention`
 
     def bias(self, tokens: int, weight: float, dtype, device) -> torch.Tensor | None:
         """Additive logit bias (N, 1, L, L): 0 within a region, log(weight) across regions."""
@@ -67,13 +68,14 @@ class MaskGuidedAttnProcessor:
 
 def set_mask_guided_attention(unet, weight: float) -> RegionMasks:
     """Put a MaskGuidedAttnProcessor on every spatial self-attention; returns the shared masks holder."""
-    regions = RegionMasks()
-    procs = {name: (MaskGuidedAttnProcessor(regions, weight) if SPATIAL_ATTN1.match(name) else proc)
-             for name, proc in unet.attn_processors.items()}
-    unet.set_attn_processor(procs)
+    previous = dict(unet.attn_processors)
+    regions = RegionMasks(previous)
+    unet.set_attn_processor({name: (MaskGuidedAttnProcessor(regions, weight) if SPATIAL_ATTN1.match(name) else proc)
+                             for name, proc in previous.items()})
     return regions
 
 
-def reset_attention(unet) -> None:
-    """Back to diffusers' default processors."""
-    unet.set_default_attn_processor()
+def reset_attention(unet, regions: RegionMasks) -> None:
+    """Put back the processors that `set_mask_guided_attention` replaced."""
+    unet.set_attn_processor(dict(regions.previous))
+    regions.masks = None

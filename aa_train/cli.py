@@ -66,8 +66,8 @@ def base_cmd(data, output, stages, work_dir, size, frames, vae_steps, image_step
 @click.option("--motion-module", default=None, help="AnimateDiff motion module, with an SD1.5 --base.")
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
               help="Settings for real weights (sd15-4090: 512 px, 16 frames, rank 16, checkpointing, 8-bit Adam).")
-@click.option("--stage1-steps", type=int, default=None, help="Image-stage steps [300].")
-@click.option("--stage2-steps", type=int, default=None, help="Video-stage steps [100].")
+@click.option("--stage1-steps", type=int, default=None, help="Image-stage steps [240].")
+@click.option("--stage2-steps", type=int, default=None, help="Video-stage steps [80].")
 @click.option("--rank", type=int, default=None, help="LoRA rank [8].")
 @click.option("--alpha", type=float, default=None, help="LoRA alpha [8].")
 @click.option("--lr", type=float, default=None, help="Learning rate [1e-3].")
@@ -88,6 +88,16 @@ def base_cmd(data, output, stages, work_dir, size, frames, vae_steps, image_step
               show_default=True)
 @click.option("--captioner", type=click.Choice(["template", "openai"]), default="template", show_default=True)
 @click.option("--description", default=None, help="Extra caption text for the template captioner.")
+@click.option("--fps", type=float, default=None, help="Resample the reference video [its rate, at most 8].")
+@click.option("--min-person-fraction", type=float, default=None, help="Frames that must show a person [0.5].")
+@click.option("--sam-checkpoint", type=click.Path(path_type=Path), default=None,
+              help="segment-anything checkpoint (sam_vit_b_01ec64.pth), for --mask-backend sam.")
+@click.option("--dwpose-det", type=click.Path(path_type=Path), default=None,
+              help="DWPose person detector ONNX (yolox_l.onnx), for --pose-backend dwpose.")
+@click.option("--dwpose-pose", type=click.Path(path_type=Path), default=None,
+              help="DWPose pose ONNX (dw-ll_ucoco_384.onnx), for --pose-backend dwpose.")
+@click.option("--openai-model", default=None, help="Model for --captioner openai [gpt-4o]; key from OPENAI_API_KEY.")
+@click.option("--openai-timeout", type=float, default=None, help="Seconds before falling back to the template [30].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda[:N].")
 @click.option("--work-dir", type=click.Path(path_type=Path), default=None, help="Checkpoints [OUTPUT.work].")

@@ -43,8 +43,9 @@ class IdentityTrainConfig:
     rank: int = 8
     alpha: float = 8.0
     lr: float = 1e-3
-    stage1_steps: int = 300
-    stage2_steps: int = 100
+    stage1_steps: int = 240
+    stage2_steps: int = 80
+    checkpoint_every: int = 100
     image_batch: int = 4
     clip_frames: int = 8
     resolution: int | None = None  # default: the base's sample size
@@ -61,6 +62,13 @@ class IdentityTrainConfig:
     mask_backend: str = "auto"
     captioner: str = "template"
     description: str | None = None
+    fps: float | None = None  # resample the reference video (default: its own rate, capped at 8)
+    min_person_fraction: float = 0.5
+    sam_checkpoint: Path | None = None
+    dwpose_det: Path | None = None
+    dwpose_pose: Path | None = None
+    openai_model: str = "gpt-4o"
+    openai_timeout: float = 30.0
     seed: int = 0
     device: str = "auto"
     work_dir: Path | None = None
@@ -111,6 +119,7 @@ class IdentityResult:
     adapter: Path | None
     summary: dict
     deltas: dict[str, torch.Tensor] = field(default_factory=dict)  # module path → ΔW of each trained attn2 linear
+    base: object = None  # the BaseModel trained in place (LoRA layers still attached, unmerged)
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -254,8 +263,10 @@ def train_identity(cfg: IdentityTrainConfig, log=print) -> IdentityResult:
     t0 = time.time()
     data = prepare_identity(PrepareConfig(
         video=cfg.video, token=cfg.token, class_word=cfg.class_word, resolution=res, max_frames=cfg.max_frames,
-        pose_backend=cfg.pose_backend, mask_backend=cfg.mask_backend, captioner=cfg.captioner,
-        description=cfg.description, **({"cache_dir": cfg.cache_dir} if cfg.cache_dir else {})))
+        fps=cfg.fps, pose_backend=cfg.pose_backend, mask_backend=cfg.mask_backend, captioner=cfg.captioner,
+        description=cfg.description, sam_checkpoint=cfg.sam_checkpoint, dwpose_det=cfg.dwpose_det,
+        dwpose_pose=cfg.dwpose_pose, openai_model=cfg.openai_model, openai_timeout=cfg.openai_timeout,
+        min_person_fraction=cfg.min_person_fraction, **({"cache_dir": cfg.cache_dir} if cfg.cache_dir else {})))
     if cfg.single_frame:
         mid = len(data.frames) // 2
         data = replace(data, frames=data.frames[mid:mid + 1], keypoints=data.keypoints[mid:mid + 1],
@@ -364,12 +375,11 @@ def train_identity(cfg: IdentityTrainConfig, log=print) -> IdentityResult:
                 losses[stage].append(one_step(stage, rng))
                 step0[stage] = step + 1
                 bar.set_postfix(loss=f"{np.mean(losses[stage][-20:]):.4f}")
-                if (step + 1) % 100 == 0 and step + 1 < total:
+                if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
                     save_checkpoint(step0)
         log(f"{stage}: {total} steps, loss {np.mean(losses[stage][-50:]) if losses[stage] else float('nan'):.4f}")
     train_s = time.time() - t_train
-    regions.masks = None
-    reset_attention(unet)
+    reset_attention(unet, regions)
     if restore_ckpt is not None:
         restore_ckpt()
     unet.eval()
@@ -386,7 +396,7 @@ def train_identity(cfg: IdentityTrainConfig, log=print) -> IdentityResult:
         ref = load_base(cfg.base, cfg.motion_module, device="cpu").unet
         for name in targets:
             deltas[name] = (unet.get_submodule(name).weight.detach().cpu() - ref.get_submodule(name).weight)
-        return IdentityResult(None, summary, deltas)
+        return IdentityResult(None, summary, deltas, base)
     A, B = lora_tensors(unet, targets)
     scale = cfg.alpha / cfg.rank
     deltas = {k: scale * B[k] @ A[k] for k in A}
@@ -396,7 +406,7 @@ def train_identity(cfg: IdentityTrainConfig, log=print) -> IdentityResult:
     save_loss_curve(losses, cfg.output.with_suffix(".loss.png"))
     if ckpt.is_file():
         ckpt.unlink()
-    return IdentityResult(path, summary, deltas)
+    return IdentityResult(path, summary, deltas, base)
 
 
 def _tail(values: list[float]) -> float | None:
