@@ -88,6 +88,10 @@ def run(cfg: RunConfig) -> dict[str, Path]:
     adapter = load_adapter(cfg.adapter) if cfg.adapter else None  # check inputs before the slow load
     pose_seq = load_pose_source(cfg.pose, cfg.pose_backend) if cfg.pose else None
     base = load_base(cfg.base, cfg.motion_module, device=device, dtype=dtype)
+    if base.untrained_unet:
+        stages = ", ".join(base.manifest["provenance"]["stages"]) or "none"
+        click.echo(f"warning: {base.source} has only these trained stages: {stages}; its UNet is untrained, "
+                   "so the video will be noise (train it with aa-train base)", err=True)
     pipe = AnimatePipeline.from_base(base)
     if adapter is not None:
         pipe.set_identity(adapter, force=cfg.force)

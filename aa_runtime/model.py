@@ -64,6 +64,12 @@ class BaseModel:
     manifest: dict = field(default_factory=dict)
 
     @property
+    def untrained_unet(self) -> bool:
+        """True for a bundle from `aa-train base` whose UNet stages have not run yet (its output is noise)."""
+        stages = self.manifest.get("provenance", {}).get("stages")
+        return stages is not None and "image" not in stages
+
+    @property
     def vae_scale(self) -> int:
         """Spatial down-sampling factor of the VAE (8 for SD1.5, 4 for aa-tiny)."""
         return 2 ** (len(self.vae.config.block_out_channels) - 1)

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,13 +20,12 @@ REFERENCE = dict(identity_seed=1_000_007, scene="beach", scene_seed=11, motion="
 
 def base_for_demo(out: Path, log) -> tuple[str, bool]:
     """The embedded bundle when it holds a trained UNet; otherwise a random bundle, said plainly."""
+    from aa_runtime.model import TinyConfig, build_random_base, load_base, save_bundle
+
     if (DEFAULT_BUNDLE / MANIFEST).is_file():
-        stages = json.loads((DEFAULT_BUNDLE / MANIFEST).read_text()).get("provenance", {}).get("stages", {})
-        if "image" in stages:
+        if not load_base(DEFAULT_BUNDLE).untrained_unet:
             return str(DEFAULT_BUNDLE), True
-        log(f"NOTE: {DEFAULT_BUNDLE} has only these trained stages: {', '.join(stages) or 'none'}; "
-            "its UNet is not trained yet")
-    from aa_runtime.model import TinyConfig, build_random_base, save_bundle
+        log(f"NOTE: {DEFAULT_BUNDLE} holds a trained VAE but no trained UNet yet")
 
     path = out / "random-base"
     if not (path / MANIFEST).is_file():

@@ -1,0 +1,245 @@
+"""Quality reports scored by the synthetic world's judge (DESIGN §6).
+
+  python benchmarks/quality.py base      # full captions → scene/object/pose/attribute/flicker vs the GT ceiling
+  python benchmarks/quality.py identity  # one-shot identities in new scenes and motions, floor/ceiling, ablations
+
+Writes benchmarks/results/quality_{base,identity}.json and .md. Every number comes from this run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+METRICS = ("id_accuracy", "scene_accuracy", "object_accuracy", "pose_iou", "background_leakage", "temporal_flicker")
+
+
+@dataclass(frozen=True)
+class BaseScenario:
+    """Generation from full captions: evaluation identities across scenes, objects and motions."""
+
+    clips: int = 18
+    frames: int = 16
+    fps: float = 8.0
+    steps: int = 25
+    guidance: float = 5.0
+    seed: int = 2024
+
+
+@dataclass(frozen=True)
+class IdentityScenario:
+    """One-shot identities: a reference video in one scene (a turn: front and back seen), then other scenes/motions."""
+
+    identities: int = 3
+    reference_motion: str = "turn"
+    reference_frames: int = 24
+    targets: tuple[tuple[str, str], ...] = (("snow field", "dance"), ("city street", "wave"), ("forest", "jump"))
+    frames: int = 16
+    fps: float = 8.0
+    steps: int = 25
+    stage1_steps: int = 240
+    stage2_steps: int = 80
+    variants: tuple[str, ...] = ("full", "no-bw-loss", "no-mask-attention", "one-stage", "single-frame", "full-attn2")
+    seed: int = 7
+
+
+VARIANTS = {  # ablations: what each changes in the identity job
+    "full": {},
+    "no-bw-loss": {"bw_alpha": 1.0},
+    "no-mask-attention": {"mask_attention_weight": 1.0},
+    "one-stage": {"stage1_steps": 0, "stage2_steps": "total"},
+    "single-frame": {"single_frame": True},
+    "full-attn2": {"full_attn2": True},
+}
+
+
+def _generate(pipe, prompt: str, clip, steps: int, guidance: float, seed: int) -> np.ndarray:
+    from aa_runtime.poses import PoseSequence
+
+    h, w = clip.frames.shape[1:3]
+    poses = PoseSequence(clip.keypoints, w, h, clip.spec.fps)
+    out = pipe(prompt, poses, num_frames=len(clip.frames), fps=clip.spec.fps, height=h, width=w,
+               num_inference_steps=steps, guidance_scale=guidance, seed=seed, pose_fit="frame",
+               retarget_poses=False, progress=False)
+    return out.frames
+
+
+def _summary(rows: list[dict]) -> dict:
+    """Mean and standard deviation of each metric over rows (None values skipped)."""
+    out = {}
+    for m in METRICS:
+        v = [r[m] for r in rows if r.get(m) is not None]
+        out[m] = {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)} if v else None
+    return out
+
+
+def _meta(base, judge) -> dict:
+    return {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "python": platform.python_version(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "base": base.source, "base_fingerprint": base.fingerprint,
+            "base_stages": sorted(base.manifest.get("provenance", {}).get("stages", {})), "judge": judge.source}
+
+
+def run_base(scn: BaseScenario, base_path: str | None) -> dict:
+    from aa_runtime.model import load_base
+    from aa_runtime.pipeline import AnimatePipeline
+    from aa_world.captions import full_caption
+    from aa_world.clips import render_clip, sample_clip_spec
+    from aa_world.judge import Judge
+    from aa_world.metrics import score_video
+
+    base, judge = load_base(base_path), Judge.load()
+    pipe = AnimatePipeline.from_base(base)
+    size = base.defaults.width
+    rng = np.random.default_rng(scn.seed)
+    rows, ceiling = [], []
+    for i in range(scn.clips):
+        clip = render_clip(sample_clip_spec(rng, split="eval", frames=scn.frames, fps=scn.fps, size=size))
+        caption = full_caption(clip.identity, clip.spec.motion, clip.spec.scene, clip.spec.objects)
+        frames = _generate(pipe, caption, clip, scn.steps, scn.guidance, scn.seed + i)
+        rows.append(score_video(judge, frames, clip, clip.spec.scene, clip.spec.objects) | {"caption": caption})
+        ceiling.append(score_video(judge, clip.frames, clip, clip.spec.scene, clip.spec.objects))
+        print(f"[base] {i + 1}/{scn.clips} scene {rows[-1]['scene_accuracy']:.2f} pose IoU {rows[-1]['pose_iou']:.2f}",
+              file=sys.stderr)
+    return {"scenario": asdict(scn), "meta": _meta(base, judge), "generated": _summary(rows),
+            "ceiling": _summary(ceiling), "rows": rows}
+
+
+def run_identity(scn: IdentityScenario, base_path: str | None, work: Path) -> dict:
+    from aa_runtime.model import load_base
+    from aa_runtime.pipeline import AnimatePipeline
+    from aa_train.identity import IdentityTrainConfig, train_identity
+    from aa_world.captions import class_caption, identity_caption
+    from aa_world.clips import ClipSpec, render_clip, write_clip
+    from aa_world.identity import EVAL_IDENTITY_SEEDS
+    from aa_world.judge import Judge
+    from aa_world.metrics import score_video
+    from aa_world.scenes import SCENES
+
+    base = load_base(base_path)
+    judge = Judge.load()
+    size = base.defaults.width
+    rng = np.random.default_rng(scn.seed)
+    results: dict[str, list[dict]] = {v: [] for v in ("ceiling", "floor", *scn.variants)}
+    timings: dict[str, list[float]] = {v: [] for v in scn.variants}
+    for k in range(scn.identities):
+        seed = int(rng.integers(EVAL_IDENTITY_SEEDS.start, EVAL_IDENTITY_SEEDS.stop))
+        ref_scene = str(rng.choice([s for s in SCENES if s not in {t for t, _ in scn.targets}]))
+        ref = render_clip(ClipSpec(identity_seed=seed, scene=ref_scene, scene_seed=k, motion=scn.reference_motion,
+                                   frames=scn.reference_frames, fps=scn.fps, width=size, height=size, seed=k))
+        ref_path = work / f"id{k}" / "ref.mp4"
+        write_clip(ref, ref_path)
+        cls = ref.identity.class_word
+        targets = [render_clip(ClipSpec(identity_seed=seed, scene=scene, scene_seed=100 + j, motion=motion,
+                                        frames=scn.frames, fps=scn.fps, width=size, height=size, seed=50 + j))
+                   for j, (scene, motion) in enumerate(scn.targets)]
+
+        def score(pipe_, prompt_fn, bucket):
+            for j, clip in enumerate(targets):
+                frames = _generate(pipe_, prompt_fn(clip), clip, scn.steps, 5.0, scn.seed + j)
+                results[bucket].append(score_video(judge, frames, clip, clip.spec.scene, (), ref_scene)
+                                       | {"identity": seed})
+
+        for clip in targets:
+            results["ceiling"].append(score_video(judge, clip.frames, clip, clip.spec.scene, (), ref_scene)
+                                      | {"identity": seed})
+        score(AnimatePipeline.from_base(base), lambda c: class_caption(cls, c.spec.motion, c.spec.scene), "floor")
+        for variant in scn.variants:
+            changes = dict(VARIANTS[variant])
+            if changes.get("stage2_steps") == "total":
+                changes["stage2_steps"] = scn.stage1_steps + scn.stage2_steps
+            cfg = IdentityTrainConfig(video=ref_path, name="me", class_word=cls, base=base_path,
+                                      output=work / f"id{k}" / f"{variant}.safetensors", cache_dir=work / "cache",
+                                      **({"stage1_steps": scn.stage1_steps, "stage2_steps": scn.stage2_steps}
+                                         | changes), preview=False)
+            t0 = time.time()
+            result = train_identity(cfg, log=lambda m: print(f"[{variant}] {m}", file=sys.stderr))
+            timings[variant].append(time.time() - t0)
+            pipe = AnimatePipeline.from_base(result.base)  # the trained model in memory (LoRA attached)
+            score(pipe, lambda c: identity_caption("<me>", cls, c.spec.motion, c.spec.scene), variant)
+            print(f"[identity {k + 1}/{scn.identities}] {variant}: "
+                  f"ID {np.mean([r['id_accuracy'] for r in results[variant][-len(targets):]]):.3f}", file=sys.stderr)
+    per_identity = {v: {str(s): float(np.mean([r["id_accuracy"] for r in rows if r["identity"] == s]))
+                        for s in sorted({r["identity"] for r in rows})} for v, rows in results.items()}
+    return {"scenario": asdict(scn), "meta": _meta(base, judge),
+            "summary": {v: _summary(rows) for v, rows in results.items()},
+            "id_accuracy_per_identity": per_identity,
+            "train_seconds": {v: float(np.mean(t)) for v, t in timings.items() if t}}
+
+
+def _fmt(s) -> str:
+    return "—" if s is None else f"{s['mean']:.3f} ± {s['std']:.3f}"
+
+
+def write_reports(name: str, result: dict) -> tuple[Path, Path]:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    js, md = RESULTS / f"quality_{name}.json", RESULTS / f"quality_{name}.md"
+    js.write_text(json.dumps(result, indent=1, default=str))
+    m = result["meta"]
+    lines = [f"# Quality — {name}", "",
+             f"{m['date']}, base `{m['base']}` (fingerprint {m['base_fingerprint']}, trained stages: "
+             f"{', '.join(m['base_stages']) or 'none'}), judge `{m['judge']}`, torch {m['torch']}.", ""]
+    if name == "base":
+        lines += ["| metric | generated (mean ± sd) | ground-truth ceiling |", "|---|---|---|"]
+        for k in METRICS:
+            if k != "background_leakage":
+                lines.append(f"| {k} | {_fmt(result['generated'][k])} | {_fmt(result['ceiling'][k])} |")
+    else:
+        cols = list(result["summary"])
+        lines += ["| metric | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        for k in METRICS:
+            lines.append(f"| {k} | " + " | ".join(_fmt(result["summary"][c][k]) for c in cols) + " |")
+        lines += ["", "Train seconds per identity: " + ", ".join(f"{k} {v:.0f}" for k, v in result["train_seconds"].items())]
+    lines += ["", f"Scenario: `{json.dumps(result['scenario'])}`"]
+    md.write_text("\n".join(lines) + "\n")
+    return js, md
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("report", choices=["base", "identity"])
+    ap.add_argument("--base", default=None, help="bundle to evaluate [the embedded aa-tiny]")
+    ap.add_argument("--clips", type=int, default=None)
+    ap.add_argument("--identities", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=None, help="sampling steps")
+    ap.add_argument("--stage1-steps", type=int, default=None)
+    ap.add_argument("--stage2-steps", type=int, default=None)
+    ap.add_argument("--variants", default=None, help="comma list of " + ", ".join(VARIANTS))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--work", type=Path, default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    if args.report == "base":
+        scn = BaseScenario(**{k: given[k] for k in ("clips", "steps") if k in given})
+        result = run_base(scn, args.base)
+    else:
+        extra = {k: given[k] for k in ("identities", "steps", "stage1_steps", "stage2_steps") if k in given}
+        if args.variants:
+            unknown = set(args.variants.split(",")) - set(VARIANTS)
+            if unknown:
+                ap.error(f"--variants: unknown {sorted(unknown)}; use some of {', '.join(VARIANTS)}")
+            extra["variants"] = tuple(args.variants.split(","))
+        scn = IdentityScenario(**extra)
+        result = run_identity(scn, args.base, args.work or Path(tempfile.mkdtemp(prefix="aa-quality-")))
+    js, md = write_reports(args.report, result)
+    print(md.read_text())
+    print(f"wrote {js} and {md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
