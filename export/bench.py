@@ -1,0 +1,111 @@
+"""`aa-bench`: UNet throughput per backend and training-step memory. Parses flags and calls the typed functions;
+`benchmarks/throughput.py` and `benchmarks/memory.py` call the same `main`."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from aa_runtime.errors import AAError
+
+from .cli import _quiet, fail
+
+_BACKENDS = ("torch", "torch-compile", "onnxruntime", "tensorrt")
+
+
+def _csv(value: str | None) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+def main():
+    """Benchmarks: `throughput` (UNet per backend) and `memory` (one identity-training step)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch's OpenMP starts: before any torch import
+    _quiet()
+
+
+@main.command("throughput")
+@click.option("--scenarios", default=None, help="Comma-separated scenario names [default: all; see --list].")
+@click.option("--backends", default=",".join(_BACKENDS), show_default=True, help="Comma-separated backends.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--threads", type=int, default=None, help="torch and onnxruntime threads [default: torch's].")
+@click.option("--repeats", type=int, default=None, help="Timed calls per backend [default: per scenario].")
+@click.option("--warmup", type=int, default=None, help="Untimed calls per backend [default: per scenario].")
+@click.option("--base", "bundle", default=None, help="aa-tiny bundle [default: models/aa-tiny, else random].")
+@click.option("--merge-ranks", default="4,16", show_default=True, help="Adapter ranks for the SD1.5 merge timing "
+              "('' to skip).")
+@click.option("--no-pipeline", is_flag=True, help="Skip the whole-pipeline clip timing.")
+@click.option("--list", "list_only", is_flag=True, help="List the scenarios and exit.")
+@click.option("-o", "--out-dir", type=click.Path(path_type=Path), default=None,
+              help="Where throughput.json/.md go [default: benchmarks/results].")
+def throughput_cmd(scenarios, backends, device, threads, repeats, warmup, bundle, merge_ranks, no_pipeline,
+                   list_only, out_dir):
+    """Time the UNet per backend, interleaved, against eager PyTorch."""
+    from .throughput import RESULTS_DIR, SCENARIOS, ThroughputConfig, run_throughput
+
+    if list_only:
+        for s in SCENARIOS:
+            click.echo(f"{s.name:>16}: {s.model} {s.height}×{s.width} px, {s.frames} frames, batch {s.batch}, "
+                       f"on {'/'.join(s.devices)}, backends {','.join(s.backends)}")
+        return
+    try:
+        cfg = ThroughputConfig(scenarios=_csv(scenarios), backends=_csv(backends), device=device, threads=threads,
+                               repeats=repeats, warmup=warmup, bundle=bundle,
+                               merge_ranks=tuple(int(r) for r in _csv(merge_ranks)), pipeline=not no_pipeline,
+                               out_dir=out_dir or RESULTS_DIR)
+        results = run_throughput(cfg)
+    except AAError as e:
+        fail(e)
+    for s in results["scenarios"]:
+        if s["status"] != "ok":
+            click.echo(f"{s['name']}: skipped ({s['reason']})")
+            continue
+        click.echo(f"{s['name']}: {s['model_source']}")
+        for b in s["backends"]:
+            if b["status"] != "ok":
+                click.echo(f"  {b['backend']:>13}: skipped ({b['reason']})")
+                continue
+            speed = f"{b['speedup_vs_eager']:.2f}× eager" if b["speedup_vs_eager"] else ""
+            click.echo(f"  {b['backend']:>13}: {b['median_s']:.3f} s/call, {b['evals_per_s']:.2f} evals/s, "
+                       f"{b['tflops']:.3f} TFLOP/s ({100 * b['peak_fraction']:.0f}% of peak), "
+                       f"max |Δ| {b['max_abs_vs_eager']:.1e}, {speed}")
+    for m in results["merge"]:
+        click.echo(f"merge rank {m['rank']} ({m['targets']} layers): {m['merge_s']:.3f} s (load {m['load_s']:.3f} s)")
+    click.echo(f"written: {(cfg.out_dir / 'throughput.json')} and .md")
+
+
+@main.command("memory")
+@click.option("--height", type=int, default=512, show_default=True)
+@click.option("--width", type=int, default=512, show_default=True)
+@click.option("--frames", type=int, default=16, show_default=True)
+@click.option("--rank", type=int, default=16, show_default=True, help="LoRA rank on SPATIAL_ATTN2.")
+@click.option("--modes", default="none,diffusers,full", show_default=True,
+              help="Checkpointing modes to estimate: none, diffusers, full.")
+@click.option("--no-measure", is_flag=True, help="Skip the real step (tiny on CPU, SD1.5 on a GPU).")
+@click.option("--no-estimate", is_flag=True, help="Skip the SD1.5 estimates (minutes each).")
+@click.option("-o", "--out-dir", type=click.Path(path_type=Path), default=None,
+              help="Where memory.json/.md go [default: benchmarks/results].")
+def memory_cmd(height, width, frames, rank, modes, no_measure, no_estimate, out_dir):
+    """Peak memory of one identity-training step: measured, and estimated for SD1.5 without a GPU."""
+    from .memory import MemoryConfig, run_memory
+    from .throughput import RESULTS_DIR
+
+    try:
+        cfg = MemoryConfig(height=height, width=width, frames=frames, rank=rank, modes=_csv(modes),
+                           measure=not no_measure, estimate=not no_estimate, out_dir=out_dir or RESULTS_DIR)
+        results = run_memory(cfg)
+    except AAError as e:
+        fail(e)
+    for e in results["estimates"]:
+        fits = ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in e["fits"].items())
+        click.echo(f"{e['mode']:>58}: {e['peak_gib']:6.2f} GiB traced+optimizer, {e['with_overhead_gib']:6.2f} GiB "
+                   f"with overhead ({fits}) [{e['trace_s']:.0f} s]")
+    for m in results["measured"]:
+        click.echo(f"measured {m['model']} on {m['device']}: peak {m['peak_bytes'] / 2 ** 30:.3f} GiB, step "
+                   f"+{m['step_increase_bytes'] / 2 ** 30:.3f} GiB")
+    click.echo(f"written: {(cfg.out_dir / 'memory.json')} and .md")
+
+
+if __name__ == "__main__":
+    main()
