@@ -290,6 +290,8 @@ class Judge:
             save_file(state, str(tmp), metadata={"format": JUDGE_FORMAT})
         with atomic_path(folder / CONFIG_NAME) as tmp:
             tmp.write_text(json.dumps({"format": JUDGE_FORMAT, **asdict(self.cfg)}, indent=1))
+        for name in (WEIGHTS_NAME, CONFIG_NAME):
+            (folder / name).chmod(0o644)  # the temporary files were private
         return folder
 
     @torch.no_grad()

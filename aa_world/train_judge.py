@@ -287,6 +287,8 @@ def train_judge(cfg: JudgeTrainConfig, log=print) -> Judge:
         tmp.write_text(json.dumps(asdict(cfg), indent=1, default=str))
     with atomic_path(cfg.out / "train_log.json") as tmp:
         tmp.write_text(json.dumps(info, indent=1))
+    for name in ("train_config.json", "train_log.json"):
+        (cfg.out / name).chmod(0o644)
     log(f"saved {cfg.out} ({info['train_cpu_s']} CPU s, {info['train_wall_s']} wall s)")
     return judge
 
@@ -330,7 +332,7 @@ def write_report(results: dict, path: Path) -> tuple[Path, Path]:
              f"Judge: {results['params']:,} parameters, {results['weights_bytes'] / 1e6:.2f} MB fp16; "
              f"trained on {results['training'].get('train_frames', '?')} frames of training identities in "
              f"{results['training'].get('train_cpu_s', '?')} CPU s ({results['training'].get('train_wall_s', '?')} wall s, "
-             f"one thread{', with VAE reconstructions' if results['training'].get('vae') else ''}).", "",
+             f"one thread, {'with' if results['training'].get('vae') else 'without'} VAE reconstructions).", "",
              "Aims: scene ≥ 0.95, mean attribute ≥ 0.90, mask IoU ≥ 0.90. Logo and backpack heads are scored in the "
              "frames whose view would show them (front / back; 'none' for identities without one); the "
              "'where drawn' rows count only frames that actually show the feature.", ""]
@@ -352,9 +354,13 @@ def write_report(results: dict, path: Path) -> tuple[Path, Path]:
     for k in VIEW_DEPENDENT_ATTRIBUTES:
         row(f"attribute: {k} (where drawn)", lambda r, k=k: r["view_dependent_where_drawn"][k])
     row("**attribute mean**", lambda r: r["attribute_mean"])
-    lines += ["", "Frames per set: " + ", ".join(f"{n}: {sets[n]['frames']}" for n in names), ""]
+    lines += ["", "Frames per set: " + ", ".join(f"{n}: {sets[n]['frames']}" for n in names)
+              + (f"; reconstructions by the VAE of {results['eval']['vae_bundle']} (latent mean, decoded)"
+                 if results["eval"].get("vae_bundle") else ""), ""]
     with atomic_path(path.with_suffix(".md")) as tmp:
         tmp.write_text("\n".join(lines))
+    for p in (path.with_suffix(".json"), path.with_suffix(".md")):
+        p.chmod(0o644)  # the temporary files were private
     return path.with_suffix(".json"), path.with_suffix(".md")
 
 
@@ -375,7 +381,8 @@ def benchmark_judge(judge: Judge, eval_clips: int, frames: int, seed: int, eval_
                            f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
                            f"{os.cpu_count()} CPUs (shared), {time.strftime('%Y-%m-%dT%H:%M:%S')}",
             "params": sum(p.numel() for p in judge.net.parameters()), "weights_bytes": weights.stat().st_size,
-            "eval": {"clips": eval_clips, "frames_per_clip": frames, "seed": seed, "split": "eval"},
+            "eval": {"clips": eval_clips, "frames_per_clip": frames, "seed": seed, "split": "eval",
+                     "vae_bundle": None if eval_vae is None else str(eval_vae)},
             "training": training, "sets": sets}
 
 
