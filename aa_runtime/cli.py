@@ -149,6 +149,9 @@ def quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    from diffusers.utils import logging as diffusers_logging  # already imported modules read no env var
+
+    diffusers_logging.set_verbosity_error()
 
 
 def fail(e: Exception) -> None:

@@ -58,6 +58,7 @@ class IdentityTrainConfig:
     full_attn2: bool = False  # ablation: fine-tune the attn2 projections fully instead of LoRA
     single_frame: bool = False  # ablation: one reference frame instead of the video
     gradient_checkpointing: bool | None = None  # default: on with CUDA
+    separate_prior: bool | None = None  # prior sample in its own backward pass; default: with checkpointing
     pose_backend: str = "auto"
     mask_backend: str = "auto"
     captioner: str = "template"
@@ -302,6 +303,7 @@ def train_identity(cfg: IdentityTrainConfig, log=print) -> IdentityResult:
         from .checkpointing import enable_full_gradient_checkpointing
 
         restore_ckpt = enable_full_gradient_checkpointing(unet)
+    separate_prior = use_prior and (cfg.separate_prior if cfg.separate_prior is not None else ckpt_on)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     unet.train()
     from diffusers import DDPMScheduler
@@ -337,29 +339,36 @@ def train_identity(cfg: IdentityTrainConfig, log=print) -> IdentityResult:
             p = pose_latents[idx].permute(1, 0, 2, 3)[None]
             fm = fore[idx].permute(1, 0, 2, 3)[None]
         b, frames = z.shape[0], z.shape[2]
-        zs, ps, texts, masks = [z], [p], [text.repeat(b * frames, 1, 1)], [fm.permute(0, 2, 1, 3, 4).flatten(0, 1)]
+        fm_frames = fm.permute(0, 2, 1, 3, 4).flatten(0, 1)  # (B·F, 1, h, w), the UNet's frame order
+        parts = [(z, text, fm_frames, lambda pr, nz: background_weakening_loss(pr, nz, fm.to(device), cfg.bw_alpha))]
         if use_prior:
-            zs.append(prior_latents[idx][:, :, None] if stage == "stage1" else prior_latents[idx].permute(1, 0, 2, 3)[None])
-            ps.append(p)
-            texts.append(class_text.repeat(b * frames, 1, 1))
-            masks.append(torch.ones_like(masks[0]))  # one region: plain attention for class samples
-        z, p = torch.cat(zs).to(device), torch.cat(ps).to(device)
-        g = torch.Generator().manual_seed(int(rng.integers(2**31)))
-        noise = torch.randn(z.shape, generator=g).to(device)
-        t = torch.from_numpy(rng.integers(0, T, z.shape[0])).to(device)
-        a = acp[t].view(-1, 1, 1, 1, 1)
-        noisy = a.sqrt() * z + (1 - a).sqrt() * noise
-        regions.masks = torch.cat(masks).to(device)  # (N·F, 1, h, w), same order as the UNet's frames
-        with autocast:
-            pred = unet(torch.cat([noisy, p], 1), t, encoder_hidden_states=torch.cat(texts).to(device)).sample
-        loss = background_weakening_loss(pred[:b], noise[:b], fm.to(device), cfg.bw_alpha)
-        if use_prior:
-            loss = loss + cfg.prior_weight * prior_preservation_loss(pred[b:], noise[b:])
-        loss.backward()
+            zp = prior_latents[idx][:, :, None] if stage == "stage1" else prior_latents[idx].permute(1, 0, 2, 3)[None]
+            # one region (all ones): plain attention for the class samples
+            parts.append((zp, class_text, torch.ones_like(fm_frames),
+                          lambda pr, nz: cfg.prior_weight * prior_preservation_loss(pr, nz)))
+        # one batched forward, or (separate_prior) one forward + backward per part: same gradient, half the
+        # activation peak — what the sd15-4090 memory estimate assumes
+        groups = [[part] for part in parts] if separate_prior else [parts]
+        total = 0.0
+        for group in groups:
+            zz = torch.cat([g[0] for g in group]).to(device)
+            pp = p.repeat(len(group), 1, 1, 1, 1).to(device)
+            emb = torch.cat([g[1].repeat(b * frames, 1, 1) for g in group]).to(device)
+            gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+            noise = torch.randn(zz.shape, generator=gen).to(device)
+            t = torch.from_numpy(rng.integers(0, T, zz.shape[0])).to(device)
+            a = acp[t].view(-1, 1, 1, 1, 1)
+            regions.masks = torch.cat([g[2] for g in group]).to(device)
+            with autocast:
+                pred = unet(torch.cat([a.sqrt() * zz + (1 - a).sqrt() * noise, pp], 1), t,
+                            encoder_hidden_states=emb).sample
+            loss = sum(g[3](pred[i * b:(i + 1) * b], noise[i * b:(i + 1) * b]) for i, g in enumerate(group))
+            loss.backward()
+            total += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return float(loss.detach())
+        return total
 
     # 4. stage 1 (images, motion modules off), then stage 2 (clips, motion modules on)
     t_train = time.time()

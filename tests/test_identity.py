@@ -68,6 +68,19 @@ def test_adapter_drives_aa_run(trained, tiny_bundle, tmp_path):
     assert side["adapter_sha256"] == load_adapter(trained.adapter).sha256 and side["retarget"] is True
 
 
+def test_separate_prior_pass_trains_only_lora(tiny_bundle, reference, tmp_path):
+    """The low-memory path (prior sample in its own backward) trains the same parameters."""
+    from aa_train.identity import IdentityTrainConfig, train_identity
+
+    cfg = IdentityTrainConfig(video=reference, name="me", class_word="man", output=tmp_path / "s.safetensors",
+                              base=str(tiny_bundle), stage1_steps=2, stage2_steps=1, image_batch=2, clip_frames=4,
+                              prior_steps=2, separate_prior=True, cache_dir=tmp_path / "cache", preview=False)
+    result = train_identity(cfg, log=lambda *_: None)
+    assert all(np.isfinite(v) for v in (result.summary["stages"]["stage1"]["final_loss"],
+                                        result.summary["stages"]["stage2"]["final_loss"]))
+    assert any(b.abs().max() > 0 for b in load_adapter(result.adapter).lora_B.values())
+
+
 def test_config_errors_are_one_line(tmp_path):
     from aa_runtime.errors import AAError
     from aa_train.identity import IdentityTrainConfig

@@ -60,3 +60,14 @@ def test_side_by_side():
     out = side_by_side(a, b)
     assert out.shape == (2, 48, 128, 3)
     np.testing.assert_array_equal(out[:, :, 64:], b)
+
+
+def test_outputs_get_umask_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        path = write_video(tmp_path / "p.mp4", _clip(2), 8)
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644
