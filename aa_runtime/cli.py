@@ -76,8 +76,6 @@ def resolve_device(device: str, dtype: str):
 
 def run(cfg: RunConfig) -> dict[str, Path]:
     """Load the base, merge the adapter, get poses, sample, and write mp4 + gif + preview + JSON sidecar."""
-    import torch
-
     from .adapters import load_adapter
     from .model import load_base
     from .pipeline import AnimatePipeline

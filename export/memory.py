@@ -11,7 +11,6 @@ on a GPU.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -20,9 +19,10 @@ from typing import Callable, Literal
 
 import torch
 
-from aa_runtime.errors import AAError, atomic_path
+from aa_runtime.errors import AAError
 
 from .throughput import RESULTS_DIR, PeakMemory, host_info, release_free_memory
+from .report import write_report
 
 MEMORY_FORMAT = "aa-bench-memory/1"
 Checkpointing = Literal["none", "diffusers", "full"]
@@ -329,15 +329,7 @@ def run_memory(cfg: MemoryConfig) -> dict:
 
 
 def write_results(results: dict, out_dir: Path) -> tuple[Path, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = out_dir / "memory.json", out_dir / "memory.md"
-    with atomic_path(paths[0]) as tmp:
-        tmp.write_text(json.dumps(results, indent=1))
-    with atomic_path(paths[1]) as tmp:
-        tmp.write_text(render_markdown(results))
-    for p in paths:
-        p.chmod(0o644)
-    return paths
+    return write_report(out_dir, "memory", results, render_markdown(results))
 
 
 def render_markdown(r: dict) -> str:

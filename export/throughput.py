@@ -9,7 +9,6 @@ noise prediction against eager. Also the time to merge an identity adapter into 
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import re
@@ -24,7 +23,8 @@ from typing import Literal
 import torch
 
 from aa_runtime.backends import BACKENDS, UNetShapes
-from aa_runtime.errors import AAError, atomic_path
+from aa_runtime.errors import AAError
+from .report import write_report
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 THROUGHPUT_FORMAT = "aa-bench-throughput/1"
@@ -472,15 +472,7 @@ DEFINITIONS = {
 
 
 def write_results(results: dict, out_dir: Path) -> tuple[Path, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = out_dir / "throughput.json", out_dir / "throughput.md"
-    with atomic_path(paths[0]) as tmp:
-        tmp.write_text(json.dumps(results, indent=1))
-    with atomic_path(paths[1]) as tmp:
-        tmp.write_text(render_markdown(results))
-    for p in paths:
-        p.chmod(0o644)
-    return paths
+    return write_report(out_dir, "throughput", results, render_markdown(results))
 
 
 def _f(v, spec: str) -> str:
