@@ -65,6 +65,8 @@ def resolve_device(device: str, dtype: str):
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device != "cpu" and not device.startswith("cuda"):
+        raise AAError("device", device, "use auto, cpu, cuda or cuda:N")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise AAError("device", device, "no CUDA GPU is visible to torch here; use --device cpu")
     if dtype == "auto":

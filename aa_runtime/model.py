@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .errors import AAError
+from .errors import AAError, atomic_dir
 from .tokenizer import load_clip_tokenizer, train_clip_tokenizer
 
 BUNDLE_FORMAT = "aa-bundle/1"
@@ -409,9 +409,7 @@ def save_bundle(base: BaseModel, path: str | os.PathLike, *, half: bool = True, 
     """Write `base` as a bundle folder (fp16 weights by default), atomically: a temp folder renamed at the end.
     The fingerprint is computed from the weights as stored, so loading reproduces it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_dir(path) as tmp:
         dtype = torch.float16 if half else torch.float32
         stored = {}
         for sub, module in (("unet", base.unet), ("vae", base.vae)):
@@ -436,12 +434,6 @@ def save_bundle(base: BaseModel, path: str | os.PathLike, *, half: bool = True, 
                     "sample": asdict(base.defaults),
                     "provenance": provenance if provenance is not None else base.manifest.get("provenance", {})}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return path
 
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from aa_runtime.errors import AAError
 from aa_runtime.model import TinyConfig, build_random_base, load_base, save_bundle
+from aa_runtime.pipeline import to_unit as pipeline_to_unit
 
 from .world_data import WorldSource, render_world
 
@@ -130,9 +131,8 @@ def lr_lambda(warmup: int, total: int):
 
 
 def to_unit(u8: np.ndarray) -> torch.Tensor:
-    """uint8 (..., H, W, 3) → float (..., 3, H, W) in [-1, 1]."""
-    t = torch.from_numpy(u8).float() / 127.5 - 1
-    return t.movedim(-1, -3)
+    """uint8 (N, H, W, 3) → float (N, 3, H, W) in [-1, 1] on the CPU (the pipeline's converter)."""
+    return pipeline_to_unit(u8, "cpu", torch.float32)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from aa_runtime.adapters import SPATIAL_ATTN2, adapter_metadata, attach_lora, save_adapter
+from aa_runtime.cli import resolve_device
 from aa_runtime.errors import AAError, MissingDependencyError, atomic_path
 from aa_runtime.model import load_base
 from aa_runtime.pipeline import AnimatePipeline
@@ -147,16 +148,6 @@ def motion_modules_off(unet):
                 b.motion_modules[i] = m
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise AAError("device", name, "no CUDA GPU is visible here; use --device cpu")
-    if name not in ("cpu",) and not name.startswith("cuda"):
-        raise AAError("device", name, "use auto, cpu or cuda[:N]")
-    return torch.device(name)
-
-
 def make_optimizer(params, cfg: IdentityTrainConfig):
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
@@ -250,7 +241,7 @@ def train_identity(cfg: IdentityTrainConfig, log=print) -> IdentityResult:
 
     from .preprocess import PrepareConfig, prepare_identity
 
-    device = resolve_device(cfg.device)
+    device, _ = resolve_device(cfg.device, "float32")  # the base stays fp32; autocast handles CUDA
     torch.manual_seed(cfg.seed)
     base = load_base(cfg.base, cfg.motion_module, device=device, dtype=torch.float32)
     res = cfg.resolution or base.defaults.width

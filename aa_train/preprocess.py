@@ -14,15 +14,13 @@ import hashlib
 import json
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from aa_runtime.errors import AAError, atomic_path
+from aa_runtime.errors import AAError, atomic_dir, atomic_path
 from aa_runtime.poses import PoseSequence, bone_lengths, load_annotations, render_skeleton, sidecar_path
 from aa_runtime.video import read_video
 
@@ -142,23 +140,16 @@ class IdentityData:
     def save(self, folder: str | Path) -> Path:
         """Write `data.npz` + `identity.json` into a new folder, atomically (temp folder + rename)."""
         folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
-            np.savez_compressed(tmp / "data.npz", frames=self.frames, keypoints=self.keypoints, masks=self.masks,
-                                bone_lengths=self.bone_lengths)
-            meta = {"format": CACHE_FORMAT, "caption": self.caption, "class_caption": self.class_caption,
-                    "fps": self.fps, "source": self.source}
-            (tmp / "identity.json").write_text(json.dumps(meta, indent=1))
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(tmp, folder)
+            with atomic_dir(folder) as tmp:
+                np.savez_compressed(tmp / "data.npz", frames=self.frames, keypoints=self.keypoints,
+                                    masks=self.masks, bone_lengths=self.bone_lengths)
+                meta = {"format": CACHE_FORMAT, "caption": self.caption, "class_caption": self.class_caption,
+                        "fps": self.fps, "source": self.source}
+                (tmp / "identity.json").write_text(json.dumps(meta, indent=1))
         except OSError:
             if not folder.is_dir():  # a concurrent writer that won the rename is fine
                 raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
         return folder
 
     @classmethod

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -76,8 +75,3 @@ def render_world(src: WorldSource, cache_dir: Path, log=print) -> WorldClips:
         with open(tmp, "wb") as fh:
             np.savez(fh, frames=frames, skeletons=skeletons, masks=masks, captions=json.dumps(captions))
     return WorldClips(frames, skeletons, masks, captions)
-
-
-def default_threads() -> int:
-    """One torch thread by default when the CPU is shared (STACK-NOTES: contention slows torch 10–25×)."""
-    return int(os.environ.get("AA_THREADS", "1"))

@@ -6,9 +6,6 @@ sidecar (DESIGN §4) whose `source` holds the ground truth the format has no fie
 """
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -161,24 +158,18 @@ def sidecar_path(path: Path) -> Path:
 
 def write_clip(clip: Clip, path: str | Path) -> Path:
     """Write the video at `path`, masks as `<stem>.masks/000000.png …` and the `<stem>.aa.json` sidecar."""
+    from aa_runtime.errors import atomic_dir
     from aa_runtime.poses import Annotations, save_annotations
     from aa_runtime.video import write_video
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     mask_dir = path.with_name(path.stem + ".masks")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{mask_dir.name}.", dir=path.parent))
-    try:
-        names = []
+    names = []
+    with atomic_dir(mask_dir) as tmp:
         for i, mask in enumerate(clip.masks):
             Image.fromarray(mask.astype(np.uint8) * 255).save(tmp / f"{i:06d}.png", optimize=False)
             names.append(f"{mask_dir.name}/{i:06d}.png")
-        if mask_dir.exists():
-            shutil.rmtree(mask_dir)
-        os.replace(tmp, mask_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     write_video(path, clip.frames, clip.spec.fps)
     ann = Annotations(width=clip.spec.width, height=clip.spec.height, fps=clip.spec.fps,
                       keypoints=clip.keypoints, masks=names, caption=clip.caption, source=clip.source())

@@ -10,14 +10,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from aa_runtime.poses import OPENPOSE18  # the one keypoint order the runtime reads
+
 from .identity import Body
 
 F32 = np.float32
 
-OPENPOSE18 = (
-    "nose", "neck", "r_shoulder", "r_elbow", "r_wrist", "l_shoulder", "l_elbow", "l_wrist",
-    "r_hip", "r_knee", "r_ankle", "l_hip", "l_knee", "l_ankle", "r_eye", "l_eye", "r_ear", "l_ear",
-)
 # Internal joints: the 18 keypoints plus what drawing needs.
 JOINTS = OPENPOSE18 + ("pelvis", "head", "r_toe", "l_toe", "chest", "back")
 J = {name: i for i, name in enumerate(JOINTS)}
