@@ -264,6 +264,31 @@ def encode_all(vae, images: np.ndarray, chunk: int = 256) -> torch.Tensor:
     return torch.cat(out).half()
 
 
+def cached_latents(vae, clips, stem: Path, log) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame and skeleton latents, float16 (N, F, 4, h, w) each, encoded once per VAE and cached beside the data
+    (keyed by the VAE's fingerprint, so a retrained VAE never reuses stale latents)."""
+    from safetensors.torch import load_file, save_file
+
+    from aa_runtime.errors import atomic_path
+    from aa_runtime.model import fingerprint
+
+    file = stem.with_name(f"{stem.name}-{fingerprint(vae)}.safetensors")
+    if file.is_file():
+        z = load_file(str(file))
+        return z["latents"], z["pose_latents"]
+    vae.eval()
+    n, f = clips.frames.shape[:2]
+    flat = lambda a: a.reshape(-1, *a.shape[2:])  # noqa: E731  (N, F, ...) → (N·F, ...)
+    log(f"encoding {n * f} frames and skeletons with the VAE (cached in {file.name})")
+    latents = encode_all(vae, flat(clips.frames))
+    latents = latents.view(n, f, *latents.shape[1:])  # (N, F, 4, h, w)
+    pose_latents = encode_all(vae, flat(clips.skeletons)).view(latents.shape)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(file) as tmp:
+        save_file({"latents": latents.contiguous(), "pose_latents": pose_latents.contiguous()}, str(tmp))
+    return latents, pose_latents
+
+
 def _encode_text(base, captions: list[str], device) -> torch.Tensor:
     ids = base.tokenizer(captions, padding="max_length", max_length=base.tokenizer.model_max_length,
                          truncation=True, return_tensors="pt").input_ids.to(device)
@@ -365,12 +390,7 @@ def train_base(cfg: BaseTrainConfig, log=print) -> Path:
             summary = train_vae(cfg, acc, base, clips, log)
         else:
             if latents is None:  # pre-encode once with the (now fixed) VAE
-                base.vae.eval()
-                flat = lambda a: a.reshape(-1, *a.shape[2:])  # noqa: E731
-                n, f = clips.frames.shape[:2]
-                latents = encode_all(base.vae, flat(clips.frames))
-                latents = latents.view(n, f, *latents.shape[1:])  # (N, F, 4, h, w)
-                pose_latents = encode_all(base.vae, flat(clips.skeletons)).view(latents.shape)
+                latents, pose_latents = cached_latents(base.vae, clips, work / "cache" / f"latents-{src.key}", log)
             summary = train_unet(cfg, acc, base, clips, stage, log, latents, pose_latents)
         state["done"][stage] = summary
         check_ranks_agree(acc, base, work, stage)

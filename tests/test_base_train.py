@@ -62,3 +62,23 @@ def test_two_process_accelerate_run_ends_with_identical_weights(tmp_path):
     manifest = json.loads((out / "aa_bundle.json").read_text())
     assert set(manifest["provenance"]["stages"]) == {"vae", "image", "video"}
     assert load_base(out).unet.config.in_channels == 8
+
+
+def test_latents_are_encoded_once_and_keyed_by_the_vae(tmp_path):
+    from aa_train.base import cached_latents, encode_all
+    from aa_train.world_data import WorldSource, render_world
+
+    base = build_random_base(TinyConfig(max_tokens=64), seed=0)
+    clips = render_world(WorldSource(2, 64, 2, 8.0), cache_dir=tmp_path)
+    z, p = cached_latents(base.vae, clips, tmp_path / "latents", log=lambda *_: None)  # (N, F, 4, h, w)
+    assert z.shape == p.shape == (2, 2, 4, 16, 16) and z.dtype == torch.float16
+    ref = encode_all(base.vae, clips.frames.reshape(-1, 64, 64, 3)).view(z.shape)
+    torch.testing.assert_close(z, ref, rtol=0, atol=0)
+    files = list(tmp_path.glob("latents-*.safetensors"))
+    assert len(files) == 1
+    z2, p2 = cached_latents(base.vae, clips, tmp_path / "latents", log=lambda *_: None)  # read back, bit-exact
+    assert torch.equal(z, z2) and torch.equal(p, p2)
+    with torch.no_grad():  # another VAE gets its own cache entry, never the stale latents
+        base.vae.encoder.conv_in.weight.mul_(1.5)
+    cached_latents(base.vae, clips, tmp_path / "latents", log=lambda *_: None)
+    assert len(list(tmp_path.glob("latents-*.safetensors"))) == 2
