@@ -1,6 +1,7 @@
 """`aa-run`: generate a pose-driven video from a prompt (parses flags, calls `run()`, prints what it wrote)."""
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ class RunConfig:
     guidance: float | None = None
     scheduler: str | None = None
     seed: int = 0
+    noise_correlation: float | None = None
     window: int | None = None
     overlap: int | None = None
     device: str = "auto"
@@ -110,7 +112,8 @@ def run(cfg: RunConfig) -> dict[str, Path]:
     out = pipe(cfg.prompt, pose_seq, negative_prompt=cfg.negative_prompt, num_frames=frames, fps=fps,
                height=height, width=width, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance,
                scheduler=cfg.scheduler, seed=cfg.seed, window=cfg.window, overlap=cfg.overlap,
-               pose_fit=cfg.pose_fit, retarget_poses=cfg.retarget, progress=cfg.progress)
+               pose_fit=cfg.pose_fit, retarget_poses=cfg.retarget, progress=cfg.progress,
+               noise_correlation=cfg.noise_correlation)
 
     stem = cfg.output.with_suffix("")
     written = {"video": write_video(cfg.output, out.frames, fps)}
@@ -122,6 +125,7 @@ def run(cfg: RunConfig) -> dict[str, Path]:
         "steps": cfg.steps or d.steps, "scheduler": cfg.scheduler or d.scheduler,
         "guidance": d.guidance if cfg.guidance is None else cfg.guidance,
         "frames": int(out.frames.shape[0]), "fps": fps, "width": width, "height": height,
+        "noise_correlation": d.noise_correlation if cfg.noise_correlation is None else cfg.noise_correlation,
         "window": cfg.window or d.window, "overlap": d.overlap if cfg.overlap is None else cfg.overlap,
         "pose_source": cfg.pose or f"motion:{cfg.motion}", "pose_fit": cfg.pose_fit,
         "base": base.source, "base_fingerprint": base.fingerprint,
@@ -149,6 +153,9 @@ def quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    # bitsandbytes (imported through peft) warns on AVX-512 CPUs about an optional kernels package it never needs
+    # here; its loggers have no handler, so the warning would reach stderr through logging's last resort
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     from diffusers.utils import logging as diffusers_logging  # already imported modules read no env var
 
     diffusers_logging.set_verbosity_error()
@@ -182,6 +189,8 @@ def fail(e: Exception) -> None:
 @click.option("--guidance", type=float, default=None, help="Classifier-free guidance scale; 1 = off.")
 @click.option("--scheduler", type=click.Choice(SCHEDULERS), default=None, help="Sampler [default: dpm++].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Noise seed (same seed → same video on CPU).")
+@click.option("--noise-correlation", type=float, default=None,
+              help="Share of the initial noise common to all frames, 0 ≤ ρ < 1 [default: the base's].")
 @click.option("--window", type=int, default=None, help="Frames per denoising window [default: 16].")
 @click.option("--overlap", type=int, default=None, help="Frames shared by neighbouring windows [default: 4].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -194,8 +203,8 @@ def fail(e: Exception) -> None:
 @click.option("-o", "--output", default="out/aa-run.mp4", show_default=True, type=click.Path(path_type=Path),
               help="Output mp4; OUT.gif, OUT.preview.mp4 and OUT.json are written beside it.")
 def main(prompt, negative_prompt, base, motion_module, adapter, force, no_retarget, pose, pose_backend, motion,
-         pose_fit, frames, fps, height, width, steps, guidance, scheduler, seed, window, overlap, device, dtype,
-         backend, onnx, no_gif, output):
+         pose_fit, frames, fps, height, width, steps, guidance, scheduler, seed, noise_correlation, window, overlap,
+         device, dtype, backend, onnx, no_gif, output):
     """Generate a video of PROMPT, moving as the --pose video or the built-in --motion says."""
     quiet_libraries()
     try:
@@ -203,7 +212,7 @@ def main(prompt, negative_prompt, base, motion_module, adapter, force, no_retarg
                         force=force, retarget=not no_retarget, negative_prompt=negative_prompt, pose=pose,
                         pose_backend=pose_backend, motion=motion, pose_fit=pose_fit, frames=frames, fps=fps,
                         height=height, width=width, steps=steps, guidance=guidance, scheduler=scheduler, seed=seed,
-                        window=window, overlap=overlap, device=device, dtype=dtype, backend=backend, onnx=onnx,
+                        noise_correlation=noise_correlation, window=window, overlap=overlap, device=device, dtype=dtype, backend=backend, onnx=onnx,
                         gif=not no_gif, progress=sys.stderr.isatty() or not os.environ.get("CI"))
         written = run(cfg)
     except AAError as e:

@@ -47,6 +47,7 @@ class SampleDefaults:
     scheduler: str = "dpm++"
     window: int = 16
     overlap: int = 4
+    noise_correlation: float = 0.0  # share of the initial noise common to all frames (0 = independent)
 
 
 @dataclass

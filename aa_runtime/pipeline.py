@@ -27,6 +27,19 @@ class AnimateOutput(BaseOutput):
     timings: dict = field(default_factory=dict)
 
 
+def initial_noise(shape: tuple[int, ...], seed: int, correlation: float = 0.0) -> torch.Tensor:
+    """Unit-variance Gaussian noise float (B, C, F, h, w) from a CPU generator (a seed gives the same video on any
+    device). With correlation ρ > 0 each frame mixes √ρ of one noise shared by all frames with √(1-ρ) of its own
+    (the mixed noise prior of PYoCo, Ge et al. 2023): frames start alike, so backgrounds flicker less.
+    ρ = 0 is plain independent noise, bit-identical to `torch.randn(shape)` with that seed."""
+    generator = torch.Generator("cpu").manual_seed(seed)
+    noise = torch.randn(shape, generator=generator, dtype=torch.float32)
+    if correlation > 0:
+        shared = torch.randn((*shape[:2], 1, *shape[3:]), generator=generator, dtype=torch.float32)  # (B, C, 1, h, w)
+        noise = correlation ** 0.5 * shared + (1 - correlation) ** 0.5 * noise
+    return noise
+
+
 def context_windows(frames: int, window: int, overlap: int) -> list[tuple[int, int]]:
     """Half-open frame ranges of length `window` stepping by `window - overlap`; the last ends at `frames`."""
     if frames <= window:
@@ -176,7 +189,8 @@ class AnimatePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
                  width: int | None = None, num_inference_steps: int | None = None,
                  guidance_scale: float | None = None, scheduler: str | None = None, seed: int = 0,
                  window: int | None = None, overlap: int | None = None, pose_fit: str = "person",
-                 retarget_poses: bool = True, decode_chunk_size: int = 8, progress: bool = True) -> AnimateOutput:
+                 retarget_poses: bool = True, decode_chunk_size: int = 8, progress: bool = True,
+                 noise_correlation: float | None = None) -> AnimateOutput:
         d = self.defaults
         num_frames = num_frames or poses.frames
         fps = fps or poses.fps
@@ -187,7 +201,10 @@ class AnimatePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         window = window or min(d.window, int(self.unet.config.motion_max_seq_length))
         overlap = d.overlap if overlap is None else overlap
         overlap = min(overlap, window - 1)
+        rho = d.noise_correlation if noise_correlation is None else noise_correlation
         self.check_inputs(prompt, poses, num_frames, height, width, steps, guidance, scheduler_name, window, overlap)
+        if not 0 <= rho < 1:
+            raise AAError("noise correlation", rho, "use 0 ≤ ρ < 1 (0 = independent noise per frame)")
         device, dtype = self.unet.device, self.unet.dtype
         timings, t0 = {}, time.perf_counter()
 
@@ -208,9 +225,7 @@ class AnimatePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         sched.set_timesteps(steps, device=device)
         c = int(self.unet.config.out_channels)
         shape = (1, c, num_frames, height // self.vae_scale, width // self.vae_scale)
-        generator = torch.Generator("cpu").manual_seed(seed)
-        latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(device, dtype)
-        latents = latents * sched.init_noise_sigma
+        latents = initial_noise(shape, seed, rho).to(device, dtype) * sched.init_noise_sigma
 
         # 4. denoise over overlapping windows
         t2 = time.perf_counter()

@@ -118,63 +118,86 @@ def run_base(scn: BaseScenario, base_path: str | None) -> dict:
             "ceiling": _summary(ceiling), "rows": rows}
 
 
-def run_identity(scn: IdentityScenario, base_path: str | None, work: Path) -> dict:
+def _identity_job(scn: IdentityScenario, base_path: str | None, work: Path, k: int, seed: int, ref_scene: str,
+                  threads: int = 1) -> tuple[dict[str, list[dict]], dict[str, float]]:
+    """One identity: reference video → every variant's adapter → generations in the target scenes, all scored.
+    Returns the scored rows per bucket (ceiling, floor, variants) and the training seconds per variant."""
     from aa_runtime.model import load_base
     from aa_runtime.pipeline import AnimatePipeline
     from aa_train.identity import IdentityTrainConfig, train_identity
     from aa_world.captions import class_caption, identity_caption
     from aa_world.clips import ClipSpec, render_clip, write_clip
-    from aa_world.identity import EVAL_IDENTITY_SEEDS
     from aa_world.judge import Judge
     from aa_world.metrics import score_video
-    from aa_world.scenes import SCENES
 
+    torch.set_num_threads(threads)
     base = load_base(base_path)
     judge = Judge.load()
     size = base.defaults.width
-    rng = np.random.default_rng(scn.seed)
     results: dict[str, list[dict]] = {v: [] for v in ("ceiling", "floor", *scn.variants)}
-    timings: dict[str, list[float]] = {v: [] for v in scn.variants}
+    timings: dict[str, float] = {}
+    ref = render_clip(ClipSpec(identity_seed=seed, scene=ref_scene, scene_seed=k, motion=scn.reference_motion,
+                               frames=scn.reference_frames, fps=scn.fps, width=size, height=size, seed=k))
+    ref_path = work / f"id{k}" / "ref.mp4"
+    write_clip(ref, ref_path)
+    cls = ref.identity.class_word
+    targets = [render_clip(ClipSpec(identity_seed=seed, scene=scene, scene_seed=100 + j, motion=motion,
+                                    frames=scn.frames, fps=scn.fps, width=size, height=size, seed=50 + j))
+               for j, (scene, motion) in enumerate(scn.targets)]
+
+    def score(pipe_, prompt_fn, bucket):
+        for j, clip in enumerate(targets):
+            frames = _generate(pipe_, prompt_fn(clip), clip, scn.steps, 5.0, scn.seed + j)
+            results[bucket].append(score_video(judge, frames, clip, clip.spec.scene, (), ref_scene)
+                                   | {"identity": seed})
+
+    for clip in targets:
+        results["ceiling"].append(score_video(judge, clip.frames, clip, clip.spec.scene, (), ref_scene)
+                                  | {"identity": seed})
+    score(AnimatePipeline.from_base(base), lambda c: class_caption(cls, c.spec.motion, c.spec.scene), "floor")
+    for variant in scn.variants:
+        changes = dict(VARIANTS[variant])
+        if changes.get("stage2_steps") == "total":
+            changes["stage2_steps"] = scn.stage1_steps + scn.stage2_steps
+        cfg = IdentityTrainConfig(video=ref_path, name="me", class_word=cls, base=base_path,
+                                  output=work / f"id{k}" / f"{variant}.safetensors", cache_dir=work / "cache",
+                                  **({"stage1_steps": scn.stage1_steps, "stage2_steps": scn.stage2_steps}
+                                     | changes), preview=False)
+        t0 = time.time()
+        result = train_identity(cfg, log=lambda m: print(f"[id{k} {variant}] {m}", file=sys.stderr))
+        timings[variant] = time.time() - t0
+        pipe = AnimatePipeline.from_base(result.base)  # the trained model in memory (LoRA attached)
+        score(pipe, lambda c: identity_caption("<me>", cls, c.spec.motion, c.spec.scene), variant)
+        print(f"[identity {k + 1}/{scn.identities}] {variant}: "
+              f"ID {np.mean([r['id_accuracy'] for r in results[variant][-len(targets):]]):.3f}", file=sys.stderr)
+    return results, timings
+
+
+def run_identity(scn: IdentityScenario, base_path: str | None, work: Path, jobs: int = 1) -> dict:
+    """Every identity of the scenario, `jobs` identities at a time (one process and one torch thread each)."""
+    from aa_runtime.model import load_base
+    from aa_world.identity import EVAL_IDENTITY_SEEDS
+    from aa_world.judge import Judge
+    from aa_world.scenes import SCENES
+
+    rng = np.random.default_rng(scn.seed)
+    picks = []  # drawn up front, so the identities do not depend on how many jobs run
     for k in range(scn.identities):
         seed = int(rng.integers(EVAL_IDENTITY_SEEDS.start, EVAL_IDENTITY_SEEDS.stop))
         ref_scene = str(rng.choice([s for s in SCENES if s not in {t for t, _ in scn.targets}]))
-        ref = render_clip(ClipSpec(identity_seed=seed, scene=ref_scene, scene_seed=k, motion=scn.reference_motion,
-                                   frames=scn.reference_frames, fps=scn.fps, width=size, height=size, seed=k))
-        ref_path = work / f"id{k}" / "ref.mp4"
-        write_clip(ref, ref_path)
-        cls = ref.identity.class_word
-        targets = [render_clip(ClipSpec(identity_seed=seed, scene=scene, scene_seed=100 + j, motion=motion,
-                                        frames=scn.frames, fps=scn.fps, width=size, height=size, seed=50 + j))
-                   for j, (scene, motion) in enumerate(scn.targets)]
+        picks.append((k, seed, ref_scene))
+    if jobs > 1:
+        import multiprocessing as mp
 
-        def score(pipe_, prompt_fn, bucket):
-            for j, clip in enumerate(targets):
-                frames = _generate(pipe_, prompt_fn(clip), clip, scn.steps, 5.0, scn.seed + j)
-                results[bucket].append(score_video(judge, frames, clip, clip.spec.scene, (), ref_scene)
-                                       | {"identity": seed})
-
-        for clip in targets:
-            results["ceiling"].append(score_video(judge, clip.frames, clip, clip.spec.scene, (), ref_scene)
-                                      | {"identity": seed})
-        score(AnimatePipeline.from_base(base), lambda c: class_caption(cls, c.spec.motion, c.spec.scene), "floor")
-        for variant in scn.variants:
-            changes = dict(VARIANTS[variant])
-            if changes.get("stage2_steps") == "total":
-                changes["stage2_steps"] = scn.stage1_steps + scn.stage2_steps
-            cfg = IdentityTrainConfig(video=ref_path, name="me", class_word=cls, base=base_path,
-                                      output=work / f"id{k}" / f"{variant}.safetensors", cache_dir=work / "cache",
-                                      **({"stage1_steps": scn.stage1_steps, "stage2_steps": scn.stage2_steps}
-                                         | changes), preview=False)
-            t0 = time.time()
-            result = train_identity(cfg, log=lambda m: print(f"[{variant}] {m}", file=sys.stderr))
-            timings[variant].append(time.time() - t0)
-            pipe = AnimatePipeline.from_base(result.base)  # the trained model in memory (LoRA attached)
-            score(pipe, lambda c: identity_caption("<me>", cls, c.spec.motion, c.spec.scene), variant)
-            print(f"[identity {k + 1}/{scn.identities}] {variant}: "
-                  f"ID {np.mean([r['id_accuracy'] for r in results[variant][-len(targets):]]):.3f}", file=sys.stderr)
+        with mp.get_context("spawn").Pool(min(jobs, len(picks))) as pool:
+            outs = pool.starmap(_identity_job, [(scn, base_path, work, *p) for p in picks])
+    else:
+        outs = [_identity_job(scn, base_path, work, *p, threads=torch.get_num_threads()) for p in picks]
+    results = {b: [r for res, _ in outs for r in res[b]] for b in ("ceiling", "floor", *scn.variants)}
+    timings = {v: [t[v] for _, t in outs] for v in scn.variants}
     per_identity = {v: {str(s): float(np.mean([r["id_accuracy"] for r in rows if r["identity"] == s]))
                         for s in sorted({r["identity"] for r in rows})} for v, rows in results.items()}
-    return {"scenario": asdict(scn), "meta": _meta(base, judge),
+    return {"scenario": asdict(scn), "meta": _meta(load_base(base_path), Judge.load()),
             "summary": {v: _summary(rows) for v, rows in results.items()},
             "id_accuracy_per_identity": per_identity,
             "train_seconds": {v: float(np.mean(t)) for v, t in timings.items() if t}}
@@ -219,6 +242,7 @@ def main(argv=None) -> int:
     ap.add_argument("--stage2-steps", type=int, default=None)
     ap.add_argument("--variants", default=None, help="comma list of " + ", ".join(VARIANTS))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--jobs", type=int, default=1, help="identities trained at once (one process each)")
     ap.add_argument("--work", type=Path, default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -234,7 +258,7 @@ def main(argv=None) -> int:
                 ap.error(f"--variants: unknown {sorted(unknown)}; use some of {', '.join(VARIANTS)}")
             extra["variants"] = tuple(args.variants.split(","))
         scn = IdentityScenario(**extra)
-        result = run_identity(scn, args.base, args.work or Path(tempfile.mkdtemp(prefix="aa-quality-")))
+        result = run_identity(scn, args.base, args.work or Path(tempfile.mkdtemp(prefix="aa-quality-")), args.jobs)
     js, md = write_reports(args.report, result)
     print(md.read_text())
     print(f"wrote {js} and {md}")

@@ -16,11 +16,9 @@ def fail(e: Exception) -> None:
 
 
 def _quiet() -> None:
-    import os
+    from aa_runtime.cli import quiet_libraries
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    quiet_libraries()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

@@ -109,3 +109,24 @@ def test_check_inputs(pipe, poses, kwargs, expected):
     with pytest.raises(AAError, match=expected) as e:
         pipe(args.pop("prompt"), args.pop("poses"), **args)
     assert "\n" not in str(e.value)
+
+
+def test_initial_noise_mixes_a_shared_frame_noise_with_unit_variance():
+    from aa_runtime.pipeline import initial_noise
+
+    shape = (1, 4, 16, 32, 32)  # (B, C, F, h, w)
+    plain = initial_noise(shape, seed=3)
+    assert torch.equal(plain, torch.randn(shape, generator=torch.Generator().manual_seed(3)))  # ρ = 0: unchanged
+    mixed = initial_noise(shape, seed=3, correlation=0.5)
+    frames = mixed[0].permute(1, 0, 2, 3).reshape(16, -1)  # (F, C·h·w)
+    corr = torch.corrcoef(frames)
+    off_diagonal = corr[~torch.eye(16, dtype=bool)]
+    assert abs(off_diagonal.mean().item() - 0.5) < 0.05  # frames correlate by ρ
+    assert abs(mixed.std().item() - 1.0) < 0.03  # and every frame is still unit-variance noise
+    plain_corr = torch.corrcoef(plain[0].permute(1, 0, 2, 3).reshape(16, -1))[~torch.eye(16, dtype=bool)]
+    assert plain_corr.abs().max() < 0.1
+
+
+def test_noise_correlation_out_of_range_is_one_clear_error(pipe):
+    with pytest.raises(AAError, match="noise correlation"):
+        pipe("a man", PoseSequence(stick_figure(2), 64, 64, 8), num_frames=2, num_inference_steps=1, noise_correlation=1.0, progress=False)
