@@ -5,7 +5,7 @@ Stages, each resumable from its own checkpoint:
   image  — text + pose → image: spatial UNet layers and the text encoder train, motion modules off
            (their zero-initialised output projection makes them the identity, AnimateDiff style).
   video  — motion modules train on clips; everything else frozen.
-Runs under `accelerate` (one CPU process by default; `accelerate launch --num_processes 2 --cpu` works).
+Runs under `accelerate`: one CPU process by default; several through `torchrun` (accelerate 1.15's `launch --cpu` starts one).
 """
 from __future__ import annotations
 
@@ -398,7 +398,8 @@ def train_base(cfg: BaseTrainConfig, log=print) -> Path:
             for m in (base.unet, base.vae, base.text_encoder):
                 m.eval()
             provenance = {"recipe": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-                          "data": asdict(src), "stages": state["done"], "torch": torch.__version__}
+                          "data": asdict(src), "stages": state["done"], "torch": torch.__version__,
+                          "processes": acc.num_processes}
             save_bundle(base, init, half=False, name="aa-tiny", provenance=provenance, tokenizer_dir=tok_dir)
             save_bundle(base, cfg.output, half=True, name="aa-tiny", provenance=provenance, tokenizer_dir=tok_dir)
             state_file.write_text(json.dumps(state, indent=1))

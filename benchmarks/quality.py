@@ -38,6 +38,7 @@ class BaseScenario:
     steps: int = 25
     guidance: float = 5.0
     seed: int = 2024
+    noise_correlation: float | None = None  # None: the bundle's default
 
 
 @dataclass(frozen=True)
@@ -67,14 +68,15 @@ VARIANTS = {  # ablations: what each changes in the identity job
 }
 
 
-def _generate(pipe, prompt: str, clip, steps: int, guidance: float, seed: int) -> np.ndarray:
+def _generate(pipe, prompt: str, clip, steps: int, guidance: float, seed: int,
+              noise_correlation: float | None = None) -> np.ndarray:
     from aa_runtime.poses import PoseSequence
 
     h, w = clip.frames.shape[1:3]
     poses = PoseSequence(clip.keypoints, w, h, clip.spec.fps)
     out = pipe(prompt, poses, num_frames=len(clip.frames), fps=clip.spec.fps, height=h, width=w,
                num_inference_steps=steps, guidance_scale=guidance, seed=seed, pose_fit="frame",
-               retarget_poses=False, progress=False)
+               retarget_poses=False, progress=False, noise_correlation=noise_correlation)
     return out.frames
 
 
@@ -90,7 +92,8 @@ def _summary(rows: list[dict]) -> dict:
 def _meta(base, judge) -> dict:
     return {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "python": platform.python_version(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "base": base.source, "base_fingerprint": base.fingerprint,
-            "base_stages": sorted(base.manifest.get("provenance", {}).get("stages", {})), "judge": judge.source}
+            "base_stages": sorted(base.manifest.get("provenance", {}).get("stages", {})), "judge": judge.source,
+            "sample_defaults": asdict(base.defaults)}
 
 
 def run_base(scn: BaseScenario, base_path: str | None) -> dict:
@@ -109,7 +112,7 @@ def run_base(scn: BaseScenario, base_path: str | None) -> dict:
     for i in range(scn.clips):
         clip = render_clip(sample_clip_spec(rng, split="eval", frames=scn.frames, fps=scn.fps, size=size))
         caption = full_caption(clip.identity, clip.spec.motion, clip.spec.scene, clip.spec.objects)
-        frames = _generate(pipe, caption, clip, scn.steps, scn.guidance, scn.seed + i)
+        frames = _generate(pipe, caption, clip, scn.steps, scn.guidance, scn.seed + i, scn.noise_correlation)
         rows.append(score_video(judge, frames, clip, clip.spec.scene, clip.spec.objects) | {"caption": caption})
         ceiling.append(score_video(judge, clip.frames, clip, clip.spec.scene, clip.spec.objects))
         print(f"[base] {i + 1}/{scn.clips} scene {rows[-1]['scene_accuracy']:.2f} pose IoU {rows[-1]['pose_iou']:.2f}",
@@ -207,9 +210,10 @@ def _fmt(s) -> str:
     return "—" if s is None else f"{s['mean']:.3f} ± {s['std']:.3f}"
 
 
-def write_reports(name: str, result: dict) -> tuple[Path, Path]:
+def write_reports(name: str, result: dict, stem: str | None = None) -> tuple[Path, Path]:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    js, md = RESULTS / f"quality_{name}.json", RESULTS / f"quality_{name}.md"
+    stem = stem or f"quality_{name}"
+    js, md = RESULTS / f"{stem}.json", RESULTS / f"{stem}.md"
     js.write_text(json.dumps(result, indent=1, default=str))
     m = result["meta"]
     lines = [f"# Quality — {name}", "",
@@ -238,6 +242,9 @@ def main(argv=None) -> int:
     ap.add_argument("--clips", type=int, default=None)
     ap.add_argument("--identities", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None, help="sampling steps")
+    ap.add_argument("--noise-correlation", type=float, default=None, help="base report: ρ of the initial noise "
+                    "[the bundle's default]")
+    ap.add_argument("--name", default=None, help="report file stem [quality_<report>]")
     ap.add_argument("--stage1-steps", type=int, default=None)
     ap.add_argument("--stage2-steps", type=int, default=None)
     ap.add_argument("--variants", default=None, help="comma list of " + ", ".join(VARIANTS))
@@ -248,7 +255,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     given = {k: v for k, v in vars(args).items() if v is not None}
     if args.report == "base":
-        scn = BaseScenario(**{k: given[k] for k in ("clips", "steps") if k in given})
+        scn = BaseScenario(**{k: given[k] for k in ("clips", "steps", "noise_correlation") if k in given})
         result = run_base(scn, args.base)
     else:
         extra = {k: given[k] for k in ("identities", "steps", "stage1_steps", "stage2_steps") if k in given}
@@ -259,7 +266,7 @@ def main(argv=None) -> int:
             extra["variants"] = tuple(args.variants.split(","))
         scn = IdentityScenario(**extra)
         result = run_identity(scn, args.base, args.work or Path(tempfile.mkdtemp(prefix="aa-quality-")), args.jobs)
-    js, md = write_reports(args.report, result)
+    js, md = write_reports(args.report, result, args.name)
     print(md.read_text())
     print(f"wrote {js} and {md}")
     return 0
