@@ -21,7 +21,7 @@ from typing import Iterator, Protocol
 
 import torch
 
-from .errors import AAError, MissingDependencyError, require_file
+from .errors import AAError, MissingDependencyError, cache_root, require_file
 
 BACKENDS: tuple[str, ...] = ("torch", "torch-compile", "onnxruntime", "tensorrt")
 INPUT_NAMES: tuple[str, str, str] = ("sample", "timestep", "encoder_hidden_states")
@@ -288,7 +288,7 @@ class OnnxRuntimeBackend:
         self.unet = unet
         self.threads = threads
         self.tolerance = tolerance
-        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.cache_dir = Path(cache_dir) if cache_dir else cache_root()
         self.sessions: dict[tuple, object] = {}  # (h, w, T, D) → session; key () for a given file
         self.path = None
         if onnx_path is not None:
@@ -388,13 +388,6 @@ class OnnxRuntimeBackend:
         torch.cuda.current_stream(self.device).synchronize()
         session.run_with_iobinding(binding)
         return out
-
-
-def default_cache_dir() -> Path:
-    """$AA_CACHE_DIR, else $XDG_CACHE_HOME/animate-anywhere, else ~/.cache/animate-anywhere."""
-    if os.environ.get("AA_CACHE_DIR"):
-        return Path(os.environ["AA_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "animate-anywhere"
 
 
 # ============================================================================================ TensorRT

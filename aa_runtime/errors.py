@@ -70,3 +70,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def cache_root(sub: str = "") -> Path:
+    """The project's one cache root: $AA_CACHE_DIR, else $XDG_CACHE_HOME/animate-anywhere, else
+    ~/.cache/animate-anywhere; `sub` names a folder under it (e.g. 'identity', 'onnx')."""
+    root = os.environ.get("AA_CACHE_DIR")
+    base = Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "animate-anywhere"
+    return base / sub if sub else base

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from aa_runtime.errors import AAError, atomic_dir, atomic_path
+from aa_runtime.errors import AAError, atomic_dir, atomic_path, cache_root
 from aa_runtime.poses import PoseSequence, bone_lengths, load_annotations, render_skeleton, sidecar_path
 from aa_runtime.video import read_video
 
@@ -33,12 +33,6 @@ DEFAULT_MAX_FPS = 8.0
 CROP_MARGIN = 0.15  # of the union box's longer side, on every side
 MIN_FRAMES = 2
 MAX_CAPTION_IMAGE_SIDE = 512
-
-
-def default_cache_dir() -> Path:
-    """$AA_CACHE/identity, else ~/.cache/animate-anywhere/identity."""
-    root = os.environ.get("AA_CACHE")
-    return Path(root) / "identity" if root else Path.home() / ".cache" / "animate-anywhere" / "identity"
 
 
 @dataclass
@@ -60,7 +54,7 @@ class PrepareConfig:
     dwpose_pose: Path | None = None  # dw-ll_ucoco_384.onnx
     openai_model: str = DEFAULT_OPENAI_MODEL
     openai_timeout: float = DEFAULT_TIMEOUT_S
-    cache_dir: Path = field(default_factory=default_cache_dir)
+    cache_dir: Path = field(default_factory=lambda: cache_root("identity"))
     use_cache: bool = True
     min_person_fraction: float = 0.5  # frames that must show a person
 
@@ -266,6 +260,18 @@ def crop_clip(frames: np.ndarray, keypoints: np.ndarray, masks: np.ndarray, box:
     return out_f, kp, out_m
 
 
+def _sidecar_masks_sha(side: Path) -> str:
+    """sha256 over the mask PNGs a sidecar names (name and bytes, in frame order); a missing one hashes as absent
+    (reading it later gives the clear error)."""
+    h = hashlib.sha256()
+    for rel in load_annotations(side).masks:
+        h.update(f"{rel}\0".encode())
+        p = side.parent / rel if rel is not None else None
+        if p is not None and p.is_file():
+            h.update(file_sha256(p).encode())
+    return h.hexdigest()
+
+
 def _settings_key(cfg: PrepareConfig, video_sha: str, pose: str, mask: str) -> str:
     """Hash of everything that changes the result (never the cache dir, the timeout or the API key)."""
     def file_id(p):
@@ -276,6 +282,7 @@ def _settings_key(cfg: PrepareConfig, video_sha: str, pose: str, mask: str) -> s
         "format": CACHE_FORMAT, "video": video_sha, "token": cfg.token, "class_word": cfg.class_word,
         "resolution": cfg.resolution, "max_frames": cfg.max_frames, "fps": cfg.fps, "pose": pose, "mask": mask,
         "sidecar": file_sha256(side) if "sidecar" in (pose, mask) else None,
+        "sidecar_masks": _sidecar_masks_sha(side) if mask == "sidecar" else None,
         "captioner": cfg.captioner, "description": cfg.description,
         "min_person_fraction": cfg.min_person_fraction,
         "sam": file_id(cfg.sam_checkpoint) if mask == "sam" else None,

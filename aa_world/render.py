@@ -181,7 +181,7 @@ class _Figure:
 
     def torso(self) -> None:
         """The shirt: a rounded trapezoid from the shoulders to the hips, narrowing in side views."""
-        b, s = self.body, self.s
+        b = self.body
         nx, ny, px, py = self.x["neck"], self.y["neck"], self.x["pelvis"], self.y["pelvis"]
         tx, ty = nx + 0.08 * (nx - px), ny + 0.08 * (ny - py)
         bx, by = px + 0.06 * (px - nx), py + 0.06 * (py - ny)

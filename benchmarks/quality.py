@@ -211,10 +211,8 @@ def _fmt(s) -> str:
 
 
 def write_reports(name: str, result: dict, stem: str | None = None) -> tuple[Path, Path]:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = stem or f"quality_{name}"
-    js, md = RESULTS / f"{stem}.json", RESULTS / f"{stem}.md"
-    js.write_text(json.dumps(result, indent=1, default=str))
+    from aa_export.report import write_report
+
     m = result["meta"]
     lines = [f"# Quality — {name}", "",
              f"{m['date']}, base `{m['base']}` (fingerprint {m['base_fingerprint']}, trained stages: "
@@ -231,8 +229,8 @@ def write_reports(name: str, result: dict, stem: str | None = None) -> tuple[Pat
             lines.append(f"| {k} | " + " | ".join(_fmt(result["summary"][c][k]) for c in cols) + " |")
         lines += ["", "Train seconds per identity: " + ", ".join(f"{k} {v:.0f}" for k, v in result["train_seconds"].items())]
     lines += ["", f"Scenario: `{json.dumps(result['scenario'])}`"]
-    md.write_text("\n".join(lines) + "\n")
-    return js, md
+    plain = json.loads(json.dumps(result, default=str))  # paths and numpy scalars as JSON values
+    return write_report(RESULTS, stem or f"quality_{name}", plain, "\n".join(lines) + "\n")
 
 
 def main(argv=None) -> int:

@@ -2,16 +2,18 @@
 preview, and the SAM / DWPose plumbing (hand-made arrays and tiny ONNX stand-ins: no weights here)."""
 from __future__ import annotations
 
+import dataclasses
 import sys
 import types
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from aa_runtime.errors import AAError, MissingDependencyError
-from aa_runtime.poses import COLORS, PoseSequence, bone_lengths
+from aa_runtime.poses import COLORS, PoseSequence, bone_lengths, load_annotations, sidecar_path
 from aa_runtime.video import write_video
 from aa_train import backends as bk
 from aa_train.preprocess import (IdentityData, PrepareConfig, crop_clip, prepare_identity, resample_indices,
@@ -134,6 +136,20 @@ def test_cache_hit_skips_backends(world, tmp_path, monkeypatch):
     # the saved folder round-trips on its own
     back = IdentityData.load(Path(second.source["cache_dir"]))
     np.testing.assert_array_equal(back.masks, first.masks)
+
+
+def test_cache_key_covers_the_sidecar_mask_files(tmp_path):
+    clip = render_clip(SPEC)
+    video = write_clip(clip, tmp_path / "world" / "ref.mp4")
+    first = prepare_identity(cfg(video, tmp_path))
+    # edit one mask PNG only (the JSON is unchanged): the cache must miss and the edited mask must come through
+    png = video.parent / load_annotations(sidecar_path(video)).masks[3]
+    m = np.asarray(Image.open(png).convert("L")).copy()
+    m[:, : m.shape[1] // 2] = 0  # erase the left half of the person
+    Image.fromarray(m).save(png)
+    second = prepare_identity(cfg(video, tmp_path))
+    assert (first.source["cache_hit"], second.source["cache_hit"]) == (False, False)
+    assert second.masks[3].sum() < first.masks[3].sum()
 
 
 def test_preview_png(world, tmp_path):
@@ -401,3 +417,19 @@ def test_dwpose_backend_end_to_end_with_stand_in_models(tmp_path):
     np.testing.assert_allclose(out[0, 1, :2], (img(*where[5]) + img(*where[6])) / 2, atol=1e-3)  # neck
     np.testing.assert_allclose(out[0, 8, :2], img(*where[12]), atol=1e-3)  # r_hip ← COCO 12
     assert (out[0, [3, 4, 6, 7], 2] == 0).all() and np.array_equal(out[0], out[1])
+
+
+def test_one_cache_root_for_identity_and_onnx(monkeypatch, tmp_path):
+    from aa_runtime.backends import OnnxRuntimeBackend
+    from aa_runtime.errors import cache_root
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("AA_CACHE_DIR", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert cache_root("identity") == tmp_path / "home" / ".cache" / "animate-anywhere" / "identity"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "xdg" / "animate-anywhere"
+    monkeypatch.setenv("AA_CACHE_DIR", str(tmp_path / "aa"))
+    default = next(f.default_factory for f in dataclasses.fields(PrepareConfig) if f.name == "cache_dir")
+    assert default() == tmp_path / "aa" / "identity"
+    assert OnnxRuntimeBackend(unet=torch.nn.Identity()).cache_dir == tmp_path / "aa"
