@@ -264,29 +264,72 @@ def encode_all(vae, images: np.ndarray, chunk: int = 256) -> torch.Tensor:
     return torch.cat(out).half()
 
 
-def cached_latents(vae, clips, stem: Path, log) -> tuple[torch.Tensor, torch.Tensor]:
+def cached_latents(vae, clips, stem: Path, log, rank: int = 0, world: int = 1,
+                   barrier=lambda: None) -> tuple[torch.Tensor, torch.Tensor]:
     """Frame and skeleton latents, float16 (N, F, 4, h, w) each, encoded once per VAE and cached beside the data
-    (keyed by the VAE's fingerprint, so a retrained VAE never reuses stale latents)."""
-    from safetensors.torch import load_file, save_file
+    (keyed by the VAE's fingerprint, so a retrained VAE never reuses stale latents). With `world` processes each
+    encodes its own block of clips; rank 0 joins the blocks; `barrier()` waits for every rank (twice)."""
+    from safetensors.torch import load_file
 
-    from aa_runtime.errors import atomic_path
     from aa_runtime.model import fingerprint
 
     file = stem.with_name(f"{stem.name}-{fingerprint(vae)}.safetensors")
-    if file.is_file():
-        z = load_file(str(file))
-        return z["latents"], z["pose_latents"]
+    if not file.is_file():
+        n, f = clips.frames.shape[:2]
+        if n < world:
+            raise AAError("data", f"{n} clips for {world} processes", "use at least one clip per process")
+        log(f"encoding {n * f} frames and skeletons with the VAE in {world} part(s) (cached in {file.name})")
+        part = encode_latent_part(vae, clips, file, rank, world)
+        barrier()
+        if rank == 0:
+            join_latent_parts(file, world)
+        barrier()
+        if world == 1:
+            return part
+    z = load_file(str(file))
+    return z["latents"], z["pose_latents"]
+
+
+def _part_file(file: Path, rank: int, world: int) -> Path:
+    return file.with_name(f"{file.stem}.part{rank}-of-{world}.safetensors")
+
+
+@torch.no_grad()
+def encode_latent_part(vae, clips, file: Path, rank: int, world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode clips [rank·N/world, (rank+1)·N/world) and write them beside `file` (atomically); returns them."""
+    from safetensors.torch import save_file
+
+    from aa_runtime.errors import atomic_path
+
     vae.eval()
-    n, f = clips.frames.shape[:2]
+    n = clips.frames.shape[0]
+    lo, hi = rank * n // world, (rank + 1) * n // world
+    frames, skeletons = clips.frames[lo:hi], clips.skeletons[lo:hi]
     flat = lambda a: a.reshape(-1, *a.shape[2:])  # noqa: E731  (N, F, ...) → (N·F, ...)
-    log(f"encoding {n * f} frames and skeletons with the VAE (cached in {file.name})")
-    latents = encode_all(vae, flat(clips.frames))
-    latents = latents.view(n, f, *latents.shape[1:])  # (N, F, 4, h, w)
-    pose_latents = encode_all(vae, flat(clips.skeletons)).view(latents.shape)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(file) as tmp:
+    latents = encode_all(vae, flat(frames))
+    latents = latents.view(*frames.shape[:2], *latents.shape[1:])  # (n, F, 4, h, w)
+    pose_latents = encode_all(vae, flat(skeletons)).view(latents.shape)
+    out = file if world == 1 else _part_file(file, rank, world)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
         save_file({"latents": latents.contiguous(), "pose_latents": pose_latents.contiguous()}, str(tmp))
     return latents, pose_latents
+
+
+def join_latent_parts(file: Path, world: int) -> None:
+    """Concatenate the `world` part files in rank order into `file` (atomically), then delete the parts."""
+    from safetensors.torch import load_file, save_file
+
+    from aa_runtime.errors import atomic_path
+
+    if world == 1:
+        return
+    parts = [_part_file(file, r, world) for r in range(world)]
+    loaded = [load_file(str(p)) for p in parts]
+    with atomic_path(file) as tmp:
+        save_file({k: torch.cat([z[k] for z in loaded]).contiguous() for k in ("latents", "pose_latents")}, str(tmp))
+    for p in parts:
+        p.unlink()
 
 
 def _encode_text(base, captions: list[str], device) -> torch.Tensor:
@@ -364,7 +407,8 @@ def train_base(cfg: BaseTrainConfig, log=print) -> Path:
     work = Path(cfg.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     src = WorldSource.parse(cfg.data, cfg.size, cfg.frames, cfg.fps)
-    clips = render_world(src, work / "cache", log=log if acc.is_main_process else (lambda *_: None))
+    main_log = log if acc.is_main_process else (lambda *_: None)
+    clips = render_world(src, work / "cache", log=main_log)
     state_file = work / "state.json"
     state = json.loads(state_file.read_text()) if cfg.resume and state_file.is_file() else {"done": {}}
 
@@ -390,7 +434,8 @@ def train_base(cfg: BaseTrainConfig, log=print) -> Path:
             summary = train_vae(cfg, acc, base, clips, log)
         else:
             if latents is None:  # pre-encode once with the (now fixed) VAE
-                latents, pose_latents = cached_latents(base.vae, clips, work / "cache" / f"latents-{src.key}", log)
+                latents, pose_latents = cached_latents(base.vae, clips, work / "cache" / f"latents-{src.key}", main_log,
+                                                       acc.process_index, acc.num_processes, acc.wait_for_everyone)
             summary = train_unet(cfg, acc, base, clips, stage, log, latents, pose_latents)
         state["done"][stage] = summary
         check_ranks_agree(acc, base, work, stage)

@@ -82,3 +82,22 @@ def test_latents_are_encoded_once_and_keyed_by_the_vae(tmp_path):
         base.vae.encoder.conv_in.weight.mul_(1.5)
     cached_latents(base.vae, clips, tmp_path / "latents", log=lambda *_: None)
     assert len(list(tmp_path.glob("latents-*.safetensors"))) == 2
+
+
+def test_latents_encoded_in_rank_blocks_join_in_order(tmp_path):
+    from aa_train.base import cached_latents, encode_latent_part, join_latent_parts
+    from aa_train.world_data import WorldSource, render_world
+
+    base = build_random_base(TinyConfig(max_tokens=64), seed=0)
+    clips = render_world(WorldSource(3, 64, 2, 8.0), cache_dir=tmp_path)
+    one = cached_latents(base.vae, clips, tmp_path / "one" / "latents", log=lambda *_: None)
+    file = tmp_path / "two" / "latents-x.safetensors"
+    parts = [encode_latent_part(base.vae, clips, file, r, 2) for r in (1, 0)]  # ranks finish in any order
+    assert [p[0].shape[0] for p in parts] == [2, 1]  # blocks [1, 3) and [0, 1) of the 3 clips
+    join_latent_parts(file, 2)
+    assert [p.name for p in file.parent.iterdir()] == [file.name]  # parts removed, no temp files
+    from safetensors.torch import load_file
+
+    two = load_file(str(file))
+    for a, b in zip(one, (two["latents"], two["pose_latents"])):
+        torch.testing.assert_close(a.float(), b.float(), rtol=0, atol=2e-3)  # fp16; batch-size rounding only
