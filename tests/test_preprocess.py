@@ -21,7 +21,7 @@ from aa_train.preprocess import (IdentityData, PrepareConfig, crop_clip, prepare
 from aa_world.captions import class_caption, identity_caption
 from aa_world.clips import ClipSpec, render_clip, write_clip
 
-PEDESTRIANS = Path("/work/shared/media/pedestrians-5f.mp4")
+PEDESTRIANS = Path(__file__).resolve().parents[2] / "shared" / "media" / "pedestrians-5f.mp4"  # ../shared beside the clone
 SPEC = ClipSpec(identity_seed=5, scene="beach", scene_seed=1, motion="wave", objects=(("balloon", "yellow"),),
                 frames=8, fps=8.0, width=96, height=80, seed=2)
 
