@@ -91,7 +91,7 @@ def run(cfg: RunConfig) -> dict[str, Path]:
     pose_seq = load_pose_source(cfg.pose, cfg.pose_backend) if cfg.pose else None
     base = load_base(cfg.base, cfg.motion_module, device=device, dtype=dtype)
     if base.untrained_unet:
-        stages = ", ".join(base.manifest["provenance"]["stages"]) or "none"
+        stages = ", ".join(base.trained_stages) or "none"
         click.echo(f"warning: {base.source} has only these trained stages: {stages}; its UNet is untrained, "
                    "so the video will be noise (train it with aa-train base)", err=True)
     pipe = AnimatePipeline.from_base(base)

@@ -65,9 +65,22 @@ class BaseModel:
     manifest: dict = field(default_factory=dict)
 
     @property
+    def trained_stages(self) -> list[str] | None:
+        """Stages `aa-train base` ran for this bundle, across the bundles it continued (--init); None when the
+        bundle does not come from `aa-train base` (e.g. real SD1.5 weights)."""
+        prov = self.manifest.get("provenance", {})
+        if "stages" not in prov:
+            return None
+        stages = set()
+        while prov:
+            stages |= set(prov.get("stages", {}))
+            prov = (prov.get("init") or {}).get("provenance")
+        return sorted(stages)
+
+    @property
     def untrained_unet(self) -> bool:
         """True for a bundle from `aa-train base` whose UNet stages have not run yet (its output is noise)."""
-        stages = self.manifest.get("provenance", {}).get("stages")
+        stages = self.trained_stages
         return stages is not None and "image" not in stages
 
     @property

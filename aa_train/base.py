@@ -413,10 +413,14 @@ def train_base(cfg: BaseTrainConfig, log=print) -> Path:
     state = json.loads(state_file.read_text()) if cfg.resume and state_file.is_file() else {"done": {}}
 
     init = work / "current"  # the bundle after the last finished stage
+    started_from = None  # the --init bundle this training continues: fingerprint and its own provenance
     if cfg.resume and (init / "aa_bundle.json").is_file():
         base = load_base(init)
+        started_from = base.manifest.get("provenance", {}).get("init")
     elif cfg.init:
         base = load_base(cfg.init)
+        started_from = {"bundle": str(cfg.init), "fingerprint": base.fingerprint,
+                        "provenance": base.manifest.get("provenance")}
     else:
         tiny = TinyConfig(sample_size=cfg.size, vocab_size=cfg.vocab_size, max_tokens=cfg.max_tokens)
         base = build_random_base(tiny, captions=clips.captions, seed=cfg.seed, tokenizer_dir=work / "tokenizer")
@@ -444,7 +448,7 @@ def train_base(cfg: BaseTrainConfig, log=print) -> Path:
                 m.eval()
             provenance = {"recipe": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
                           "data": asdict(src), "stages": state["done"], "torch": torch.__version__,
-                          "processes": acc.num_processes}
+                          "processes": acc.num_processes, **({"init": started_from} if started_from else {})}
             save_bundle(base, init, half=False, name="aa-tiny", provenance=provenance, tokenizer_dir=tok_dir)
             save_bundle(base, cfg.output, half=True, name="aa-tiny", provenance=provenance, tokenizer_dir=tok_dir)
             state_file.write_text(json.dumps(state, indent=1))

@@ -92,7 +92,7 @@ def _summary(rows: list[dict]) -> dict:
 def _meta(base, judge) -> dict:
     return {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "python": platform.python_version(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "base": base.source, "base_fingerprint": base.fingerprint,
-            "base_stages": sorted(base.manifest.get("provenance", {}).get("stages", {})), "judge": judge.source,
+            "base_stages": base.trained_stages or [], "judge": judge.source,
             "sample_defaults": asdict(base.defaults)}
 
 

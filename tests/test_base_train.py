@@ -62,6 +62,18 @@ def test_two_process_accelerate_run_ends_with_identical_weights(tmp_path):
     manifest = json.loads((out / "aa_bundle.json").read_text())
     assert set(manifest["provenance"]["stages"]) == {"vae", "image", "video"}
     assert load_base(out).unet.config.in_channels == 8
+    # continuing from that bundle (--init, one process) records what it started from
+    more = tmp_path / "more"
+    cmd = [sys.executable, "-m", "aa_train.cli", "base", "--data", "world:6", "--frames", "2", "-o", str(more),
+           "--work-dir", str(tmp_path / "work2"), "--stages", "image", "--image-steps", "1", "--image-batch", "2",
+           "--warmup", "1", "--init", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    prov = json.loads((more / "aa_bundle.json").read_text())["provenance"]
+    assert set(prov["stages"]) == {"image"}
+    assert prov["init"]["fingerprint"] == manifest["fingerprint"]
+    assert prov["init"]["provenance"]["stages"] == manifest["provenance"]["stages"]
+    assert load_base(more).trained_stages == ["image", "vae", "video"]  # across the --init chain
 
 
 def test_latents_are_encoded_once_and_keyed_by_the_vae(tmp_path):
