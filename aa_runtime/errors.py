@@ -62,10 +62,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; outputs get the usual permissions
     tmp = Path(tmp)
     try:
         yield tmp
+        # mkstemp makes 0600 files, and some writers (safetensors) recreate the file: set the usual
+        # permissions on what was written, just before it takes the final name
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -406,6 +406,8 @@ def train_identity(cfg: IdentityTrainConfig, log=print) -> IdentityResult:
     save_loss_curve(losses, cfg.output.with_suffix(".loss.png"))
     if ckpt.is_file():
         ckpt.unlink()
+    if cfg.work_dir is None and not any(work.iterdir()):
+        work.rmdir()  # the default OUT.work folder only held the checkpoint
     return IdentityResult(path, summary, deltas, base)
 
 

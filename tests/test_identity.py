@@ -54,6 +54,8 @@ def test_adapter_file_is_complete(trained, tiny_base):
     assert trained.adapter.with_suffix(".loss.png").stat().st_size > 1000
     assert trained.adapter.with_suffix(".annotations.png").is_file()
     assert trained.adapter.stat().st_size < 400_000
+    assert sorted(p.name for p in trained.adapter.parent.iterdir()) == [  # no checkpoint or work folder left
+        "cache", "me.annotations.png", "me.loss.png", "me.safetensors"]
 
 
 def test_adapter_drives_aa_run(trained, tiny_bundle, tmp_path):

@@ -71,3 +71,22 @@ def test_outputs_get_umask_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_safetensors_outputs_get_umask_permissions(tmp_path):
+    import os
+
+    import torch
+
+    from aa_runtime.adapters import adapter_metadata, save_adapter
+
+    A = {"down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_q": torch.zeros(2, 4)}
+    B = {"down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_q": torch.zeros(4, 2)}
+    meta = adapter_metadata(identifier="<me>", class_word="man", rank=2, alpha=2.0, base_fingerprint="0" * 16,
+                            bone_lengths={}, training={})
+    umask = os.umask(0o022)
+    try:
+        path = save_adapter(tmp_path / "me.safetensors", A, B, meta)
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644
