@@ -268,7 +268,7 @@ def cached_latents(vae, clips, stem: Path, log, rank: int = 0, world: int = 1,
                    barrier=lambda: None) -> tuple[torch.Tensor, torch.Tensor]:
     """Frame and skeleton latents, float16 (N, F, 4, h, w) each, encoded once per VAE and cached beside the data
     (keyed by the VAE's fingerprint, so a retrained VAE never reuses stale latents). With `world` processes each
-    encodes its own block of clips; rank 0 joins the blocks; `barrier()` waits for every rank (twice)."""
+    encodes its own block of clips; rank 0 joins the blocks; `barrier()` waits for every rank."""
     from safetensors.torch import load_file
 
     from aa_runtime.model import fingerprint
@@ -280,12 +280,12 @@ def cached_latents(vae, clips, stem: Path, log, rank: int = 0, world: int = 1,
             raise AAError("data", f"{n} clips for {world} processes", "use at least one clip per process")
         log(f"encoding {n * f} frames and skeletons with the VAE in {world} part(s) (cached in {file.name})")
         part = encode_latent_part(vae, clips, file, rank, world)
+        if world == 1:
+            return part
         barrier()
         if rank == 0:
             join_latent_parts(file, world)
         barrier()
-        if world == 1:
-            return part
     z = load_file(str(file))
     return z["latents"], z["pose_latents"]
 
@@ -322,8 +322,6 @@ def join_latent_parts(file: Path, world: int) -> None:
 
     from aa_runtime.errors import atomic_path
 
-    if world == 1:
-        return
     parts = [_part_file(file, r, world) for r in range(world)]
     loaded = [load_file(str(p)) for p in parts]
     with atomic_path(file) as tmp:

@@ -266,9 +266,8 @@ def _sidecar_masks_sha(side: Path) -> str:
     h = hashlib.sha256()
     for rel in load_annotations(side).masks:
         h.update(f"{rel}\0".encode())
-        p = side.parent / rel if rel is not None else None
-        if p is not None and p.is_file():
-            h.update(file_sha256(p).encode())
+        if rel is not None and (side.parent / rel).is_file():
+            h.update(file_sha256(side.parent / rel).encode())
     return h.hexdigest()
 
 

@@ -21,7 +21,9 @@ from aa_train.preprocess import (IdentityData, PrepareConfig, crop_clip, prepare
 from aa_world.captions import class_caption, identity_caption
 from aa_world.clips import ClipSpec, render_clip, write_clip
 
-PEDESTRIANS = Path(__file__).resolve().parents[2] / "shared" / "media" / "pedestrians-5f.mp4"  # ../shared beside the clone
+# ../shared beside the clone (CI), else the workspace's shared folder (a clone made elsewhere)
+PEDESTRIANS = next((p for p in (Path(__file__).resolve().parents[2] / "shared", Path("/work/shared"))
+                    if (p / "media" / "pedestrians-5f.mp4").is_file()), Path("../shared")) / "media" / "pedestrians-5f.mp4"
 SPEC = ClipSpec(identity_seed=5, scene="beach", scene_seed=1, motion="wave", objects=(("balloon", "yellow"),),
                 frames=8, fps=8.0, width=96, height=80, seed=2)
 
