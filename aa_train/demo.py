@@ -4,6 +4,9 @@
    turn so front and back are both seen; its `.aa.json` sidecar carries poses and masks.
 2. `aa-train identity` on it → out/me.safetensors.
 3. `aa-run` with the adapter in a new scene and an unseen motion → out/me-snow.mp4 (+ gif, preview, sidecar).
+4. The synthetic world's judge scores that video: is it this identity, in that scene? Next to it, the same run
+   without the adapter (the class word only: the floor) and the renderer's own clip of the identity there (the
+   ceiling) → out/judge.json.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from aa_runtime.errors import AAError
 from aa_runtime.model import DEFAULT_BUNDLE, MANIFEST
 
 REFERENCE = dict(identity_seed=1_000_007, scene="beach", scene_seed=11, motion="turn", frames=24, fps=8.0, seed=3)
+TARGET = dict(scene="snow field", motion="dance", frames=16, seed=0)  # the new scene and motion of step 3
 
 
 def base_for_demo(out: Path, log) -> tuple[str, bool]:
@@ -62,19 +66,24 @@ def main(argv=None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         base, trained = base_for_demo(out, log)
         ref = reference_video(out)
-        log(f"[1/3] reference video: {ref} (an evaluation identity turning on a beach)")
+        log(f"[1/4] reference video: {ref} (an evaluation identity turning on a beach)")
         steps = {k: v for k, v in (("stage1_steps", args.stage1_steps), ("stage2_steps", args.stage2_steps)) if v}
         if not trained and not steps:
             steps = {"stage1_steps": 30, "stage2_steps": 10}  # random weights: show the loop, do not burn minutes
-        log("[2/3] aa-train identity ...")
+        log("[2/4] aa-train identity ...")
         cls = _class_word()
         result = train_identity(IdentityTrainConfig(video=ref, name="me", class_word=cls, base=base,
                                                     output=out / "me.safetensors", cache_dir=out / "cache",
                                                     **steps), log=log)
-        log("[3/3] aa-run in a new scene with an unseen motion ...")
-        written = run(RunConfig(prompt=f"a <me> {cls} dancing in a snow field", output=out / "me-snow.mp4", base=base,
-                                adapter=str(result.adapter), motion="dance", frames=16, seed=0,
-                                progress=sys.stderr.isatty()))
+        log("[3/4] aa-run in a new scene with an unseen motion ...")
+        common = dict(base=base, motion=TARGET["motion"], frames=TARGET["frames"], seed=0,
+                      progress=sys.stderr.isatty())
+        written = run(RunConfig(prompt=f"a <me> {cls} dancing in a {TARGET['scene']}", output=out / "me-snow.mp4",
+                                adapter=str(result.adapter), **common))
+        log("[4/4] judge: the same run without the adapter (floor), and the rendered identity there (ceiling) ...")
+        floor = run(RunConfig(prompt=f"a {cls} dancing in a {TARGET['scene']}", output=out / "class-snow.mp4",
+                              gif=False, **common))
+        scores = judge_demo(written["video"], floor["video"], out / "judge.json")
     except AAError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -83,7 +92,35 @@ def main(argv=None) -> int:
     print(f"    adapter: {result.adapter}")
     for kind, path in written.items():
         print(f"{kind:>11}: {path}")
+    print(f"      judge: {scores['path']}")
+    for name, row in scores["videos"].items():
+        print(f"{name:>11}: ID accuracy {row['id_accuracy']:.2f}, scene accuracy {row['scene_accuracy']:.2f}")
     return 0
+
+
+def judge_demo(video: Path, floor_video: Path, path: Path) -> dict:
+    """Judge scores of the adapter's video, the no-adapter floor and the rendered ceiling; written to `path`.
+    Scored from the written mp4 files, as a user sees them; the ceiling is the renderer's clip of the same identity
+    with the same motion and seed (so the same views) in the target scene. No pose IoU: `aa-run --motion` places
+    the figure for a default body, the renderer for the identity's, so the silhouettes need not overlap."""
+    from aa_runtime.video import read_video, write_json
+    from aa_world.clips import ClipSpec, render_clip
+    from aa_world.judge import Judge
+    from aa_world.metrics import score_video
+
+    judge = Judge.load()
+    frames = read_video(video).frames
+    h, w = frames.shape[1:3]
+    target = render_clip(ClipSpec(identity_seed=REFERENCE["identity_seed"], scene_seed=101, fps=REFERENCE["fps"],
+                                  width=w, height=h, **TARGET))
+    videos = {"adapter": frames, "no adapter": read_video(floor_video).frames, "ceiling": target.frames}
+    rows = {k: {m: v for m, v in score_video(judge, f, target, TARGET["scene"], (), REFERENCE["scene"]).items()
+                if m in ("id_accuracy", "scene_accuracy", "background_leakage")}
+            for k, f in videos.items()}
+    report = {"identity_seed": REFERENCE["identity_seed"], "scene": TARGET["scene"], "motion": TARGET["motion"],
+              "judge": judge.source, "videos": rows}
+    write_json(path, report)
+    return report | {"path": path}
 
 
 def _class_word() -> str:
