@@ -19,8 +19,17 @@ from .errors import AAError, atomic_path
 ADAPTER_FORMAT = "aa-adapter/1"
 METADATA_KEY = "aa_adapter"
 DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"  # read by diffusers' load_lora_weights for rank/alpha
-# The spatial transformer blocks' cross-attention only; motion modules' attn2 is temporal self-attention.
-SPATIAL_ATTN2 = r".*attentions\.\d+\.transformer_blocks\.\d+\.attn2\.(to_q|to_k|to_v|to_out\.0)"
+ATTN2_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+def spatial_attn2_pattern(projections=ATTN2_PROJECTIONS) -> str:
+    """The module regex for some of the spatial attn2 projections (all four: SPATIAL_ATTN2). Only the spatial
+    transformer blocks' cross-attention: the motion modules' attn2 is temporal self-attention."""
+    return r".*attentions\.\d+\.transformer_blocks\.\d+\.attn2\.(" + "|".join(
+        re.escape(p) for p in ATTN2_PROJECTIONS if p in projections) + ")"
+
+
+SPATIAL_ATTN2 = spatial_attn2_pattern()
 _TENSOR_NAME = re.compile(r"^unet\.(?P<module>.+)\.lora_(?P<ab>[AB])\.weight$")
 
 

@@ -70,6 +70,9 @@ def base_cmd(data, output, stages, work_dir, size, frames, vae_steps, image_step
 @click.option("--stage2-steps", type=int, default=None, help="Video-stage steps [80].")
 @click.option("--rank", type=int, default=None, help="LoRA rank [8].")
 @click.option("--alpha", type=float, default=None, help="LoRA alpha [8].")
+@click.option("--lora-targets", default=None, callback=lambda _c, _p, v: None if v is None else tuple(
+              t.strip() for t in v.split(",") if t.strip()),
+              help="Spatial attn2 projections to adapt, comma list [to_q,to_k,to_v,to_out.0].")
 @click.option("--lr", type=float, default=None, help="Learning rate [1e-3].")
 @click.option("--resolution", type=int, default=None, help="Training size in pixels [the base's].")
 @click.option("--frames", "clip_frames", type=int, default=None, help="Frames per stage-2 clip [8].")

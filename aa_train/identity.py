@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from aa_runtime.adapters import SPATIAL_ATTN2, adapter_metadata, attach_lora, save_adapter
+from aa_runtime.adapters import ATTN2_PROJECTIONS, adapter_metadata, attach_lora, save_adapter, spatial_attn2_pattern
 from aa_runtime.cli import resolve_device
 from aa_runtime.errors import AAError, MissingDependencyError, atomic_path
 from aa_runtime.model import load_base
@@ -43,6 +43,7 @@ class IdentityTrainConfig:
     motion_module: str | None = None
     rank: int = 8
     alpha: float = 8.0
+    lora_targets: tuple[str, ...] = ATTN2_PROJECTIONS  # which spatial attn2 projections get LoRA (or, full_attn2, train)
     lr: float = 1e-3
     stage1_steps: int = 240
     stage2_steps: int = 80
@@ -85,6 +86,9 @@ class IdentityTrainConfig:
             raise AAError("class word", repr(self.class_word), "give the class, e.g. --class-word man")
         if self.output.suffix != ".safetensors":
             raise AAError("output", self.output, "give a .safetensors path")
+        if not self.lora_targets or set(self.lora_targets) - set(ATTN2_PROJECTIONS):
+            raise AAError("lora-targets", ",".join(self.lora_targets) or "(none)",
+                          f"use some of {','.join(ATTN2_PROJECTIONS)}, e.g. --lora-targets to_k,to_v")
         if not 1 <= self.rank <= 256:
             raise AAError("rank", self.rank, "use 1 to 256")
         for name in ("stage1_steps", "stage2_steps"):
@@ -161,7 +165,8 @@ def make_optimizer(params, cfg: IdentityTrainConfig):
 def trainable_attn2(unet, cfg: IdentityTrainConfig) -> tuple[list[str], list[torch.nn.Parameter]]:
     """Freeze everything, then open either LoRA on the spatial attn2 projections or (ablation) the projections."""
     unet.requires_grad_(False)
-    targets = [n for n, _ in unet.named_modules() if re.fullmatch(SPATIAL_ATTN2, n)]
+    pattern = spatial_attn2_pattern(cfg.lora_targets)
+    targets = [n for n, _ in unet.named_modules() if re.fullmatch(pattern, n)]
     if cfg.full_attn2:
         params = []
         for n in targets:
@@ -304,8 +309,14 @@ def train_identity(cfg: IdentityTrainConfig, log=print) -> IdentityResult:
     losses: dict[str, list[float]] = {"stage1": [], "stage2": []}
     step0 = {"stage1": 0, "stage2": 0}
     ckpt = work / "checkpoint.pt"
+    # what shapes the trained tensors and their optimizer state: a checkpoint from other settings cannot continue
+    shape_key = {"base": base.fingerprint, "rank": cfg.rank, "lora_targets": list(cfg.lora_targets),
+                 "full_attn2": cfg.full_attn2, "optimizer": cfg.optimizer}
     if cfg.resume and ckpt.is_file():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        if state.get("shape_key", shape_key) != shape_key or len(state["params"]) != len(params):
+            raise AAError("resume", f"{ckpt} was written with {state.get('shape_key')}, this job is {shape_key}",
+                          "resume with the same base, rank, --lora-targets and optimizer, or drop --resume")
         with torch.no_grad():
             for p, v in zip(params, state["params"]):
                 p.copy_(v)
@@ -316,7 +327,7 @@ def train_identity(cfg: IdentityTrainConfig, log=print) -> IdentityResult:
     def save_checkpoint(steps):
         with atomic_path(ckpt) as tmp:
             torch.save({"params": [p.detach().cpu() for p in params], "opt": opt.state_dict(),
-                        "losses": losses, "steps": steps}, tmp)
+                        "losses": losses, "steps": steps, "shape_key": shape_key}, tmp)
 
     def one_step(stage: str, rng: np.random.Generator) -> float:
         if stage == "stage1":  # frames as independent images: (B, C, 1, h, w)
@@ -401,7 +412,8 @@ def train_identity(cfg: IdentityTrainConfig, log=print) -> IdentityResult:
     scale = cfg.alpha / cfg.rank
     deltas = {k: scale * B[k] @ A[k] for k in A}
     meta = adapter_metadata(identifier=cfg.token, class_word=cfg.class_word, rank=cfg.rank, alpha=cfg.alpha,
-                            base_fingerprint=base.fingerprint, bone_lengths=data.bone_lengths, training=summary)
+                            target_modules=spatial_attn2_pattern(cfg.lora_targets), base_fingerprint=base.fingerprint,
+                            bone_lengths=data.bone_lengths, training=summary)
     path = save_adapter(cfg.output, A, B, meta)
     save_loss_curve(losses, cfg.output.with_suffix(".loss.png"))
     if ckpt.is_file():

@@ -54,7 +54,8 @@ class IdentityScenario:
     steps: int = 25
     stage1_steps: int = 240
     stage2_steps: int = 80
-    variants: tuple[str, ...] = ("full", "no-bw-loss", "no-mask-attention", "one-stage", "single-frame", "full-attn2")
+    variants: tuple[str, ...] = ("full", "no-bw-loss", "no-mask-attention", "one-stage", "single-frame", "full-attn2",
+                                 "kv-only")
     seed: int = 7
 
 
@@ -65,7 +66,11 @@ VARIANTS = {  # ablations: what each changes in the identity job
     "one-stage": {"stage1_steps": 0, "stage2_steps": "total"},
     "single-frame": {"single_frame": True},
     "full-attn2": {"full_attn2": True},
+    "kv-only": {"lora_targets": ("to_k", "to_v")},  # LoRA on the text-side projections only (Custom Diffusion)
 }
+# Columns without training: the rendered target clip (ceiling), the base from the class caption (floor) and the base
+# from the person's full written appearance (description: what the base can draw of this person from text alone).
+REFERENCE_BUCKETS = ("ceiling", "floor", "description")
 
 
 def _generate(pipe, prompt: str, clip, steps: int, guidance: float, seed: int,
@@ -124,11 +129,11 @@ def run_base(scn: BaseScenario, base_path: str | None) -> dict:
 def _identity_job(scn: IdentityScenario, base_path: str | None, work: Path, k: int, seed: int, ref_scene: str,
                   threads: int = 1) -> tuple[dict[str, list[dict]], dict[str, float]]:
     """One identity: reference video → every variant's adapter → generations in the target scenes, all scored.
-    Returns the scored rows per bucket (ceiling, floor, variants) and the training seconds per variant."""
+    Returns the scored rows per bucket (REFERENCE_BUCKETS, variants) and the training seconds per variant."""
     from aa_runtime.model import load_base
     from aa_runtime.pipeline import AnimatePipeline
     from aa_train.identity import IdentityTrainConfig, train_identity
-    from aa_world.captions import class_caption, identity_caption
+    from aa_world.captions import class_caption, full_caption, identity_caption
     from aa_world.clips import ClipSpec, render_clip, write_clip
     from aa_world.judge import Judge
     from aa_world.metrics import score_video
@@ -137,7 +142,7 @@ def _identity_job(scn: IdentityScenario, base_path: str | None, work: Path, k: i
     base = load_base(base_path)
     judge = Judge.load()
     size = base.defaults.width
-    results: dict[str, list[dict]] = {v: [] for v in ("ceiling", "floor", *scn.variants)}
+    results: dict[str, list[dict]] = {v: [] for v in (*REFERENCE_BUCKETS, *scn.variants)}
     timings: dict[str, float] = {}
     ref = render_clip(ClipSpec(identity_seed=seed, scene=ref_scene, scene_seed=k, motion=scn.reference_motion,
                                frames=scn.reference_frames, fps=scn.fps, width=size, height=size, seed=k))
@@ -157,7 +162,9 @@ def _identity_job(scn: IdentityScenario, base_path: str | None, work: Path, k: i
     for clip in targets:
         results["ceiling"].append(score_video(judge, clip.frames, clip, clip.spec.scene, (), ref_scene)
                                   | {"identity": seed})
-    score(AnimatePipeline.from_base(base), lambda c: class_caption(cls, c.spec.motion, c.spec.scene), "floor")
+    plain = AnimatePipeline.from_base(base)
+    score(plain, lambda c: class_caption(cls, c.spec.motion, c.spec.scene), "floor")
+    score(plain, lambda c: full_caption(c.identity, c.spec.motion, c.spec.scene), "description")
     for variant in scn.variants:
         changes = dict(VARIANTS[variant])
         if changes.get("stage2_steps") == "total":
@@ -196,7 +203,7 @@ def run_identity(scn: IdentityScenario, base_path: str | None, work: Path, jobs:
             outs = pool.starmap(_identity_job, [(scn, base_path, work, *p) for p in picks])
     else:
         outs = [_identity_job(scn, base_path, work, *p, threads=torch.get_num_threads()) for p in picks]
-    results = {b: [r for res, _ in outs for r in res[b]] for b in ("ceiling", "floor", *scn.variants)}
+    results = {b: [r for res, _ in outs for r in res[b]] for b in (*REFERENCE_BUCKETS, *scn.variants)}
     timings = {v: [t[v] for _, t in outs] for v in scn.variants}
     per_identity = {v: {str(s): float(np.mean([r["id_accuracy"] for r in rows if r["identity"] == s]))
                         for s in sorted({r["identity"] for r in rows})} for v, rows in results.items()}

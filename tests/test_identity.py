@@ -83,13 +83,79 @@ def test_separate_prior_pass_trains_only_lora(tiny_bundle, reference, tmp_path):
     assert any(b.abs().max() > 0 for b in load_adapter(result.adapter).lora_B.values())
 
 
+def test_kv_only_adapter(tiny_bundle, reference, tmp_path):
+    """`--lora-targets to_k,to_v` adapts exactly the text-side projections of every spatial attn2, and the adapter
+    merges into the base and changes its output."""
+    import re
+
+    from aa_runtime.pipeline import AnimatePipeline
+    from aa_train.cli import main
+
+    out = tmp_path / "kv.safetensors"
+    res = CliRunner().invoke(main, ["identity", str(reference), "--name", "me", "--class-word", "man", "-o", str(out),
+                                    "--base", str(tiny_bundle), "--lora-targets", "to_k, to_v", "--stage1-steps", "2",
+                                    "--stage2-steps", "1", "--image-batch", "2", "--frames", "4", "--prior-steps", "2",
+                                    "--lr", "5e-3", "--cache-dir", str(tmp_path / "cache")])
+    assert res.exit_code == 0, res.output
+    a = load_adapter(out)
+    unet = load_base(tiny_bundle).unet
+    attn2 = [n for n, _ in unet.named_modules() if re.fullmatch(r".*attentions\.\d+\.transformer_blocks\.\d+\.attn2", n)]
+    assert attn2 and sorted(a.lora_A) == sorted(f"{n}.{p}" for n in attn2 for p in ("to_k", "to_v"))
+    assert all(re.fullmatch(a.meta["target_modules"], n) for n in a.lora_A)
+    assert not re.fullmatch(a.meta["target_modules"], f"{attn2[0]}.to_q")
+    assert a.meta["training"]["settings"]["lora_targets"] == ["to_k", "to_v"]
+    pipe = AnimatePipeline.from_base(load_base(tiny_bundle))
+    layer = pipe.unet.get_submodule(attn2[0] + ".to_k")
+    before = layer.weight.detach().clone()
+    pipe.set_identity(a)
+    scale = a.alpha / a.rank
+    ref = before + scale * a.lora_B[attn2[0] + ".to_k"] @ a.lora_A[attn2[0] + ".to_k"]
+    torch.testing.assert_close(pipe.unet.get_submodule(attn2[0] + ".to_k").weight, ref, rtol=0, atol=1e-6)
+    q = attn2[0] + ".to_q"
+    assert torch.equal(pipe.unet.get_submodule(q).weight, load_base(tiny_bundle).unet.get_submodule(q).weight)
+
+
+def test_resume_continues_bit_for_bit(tiny_bundle, reference, tmp_path):
+    """A job stopped after its stage-1 checkpoint and resumed gives the adapter of the uninterrupted job; a checkpoint
+    from other settings is refused in one line."""
+    from aa_runtime.errors import AAError
+    from aa_train.identity import IdentityTrainConfig, train_identity
+
+    def cfg(name, **kw):
+        return IdentityTrainConfig(video=reference, name="me", class_word="man", output=tmp_path / f"{name}.safetensors",
+                                   base=str(tiny_bundle), stage1_steps=4, stage2_steps=2, checkpoint_every=2,
+                                   image_batch=2, clip_frames=4, prior_steps=2, lr=5e-3, cache_dir=tmp_path / "cache",
+                                   work_dir=tmp_path / f"{name}.work", preview=False, **kw)
+
+    whole = load_adapter(train_identity(cfg("whole"), log=lambda *_: None).adapter)
+
+    def stop_after_stage1(msg):
+        if msg.startswith("stage1:"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_identity(cfg("cut"), log=stop_after_stage1)
+    assert (tmp_path / "cut.work" / "checkpoint.pt").is_file() and not (tmp_path / "cut.safetensors").exists()
+    with pytest.raises(AAError, match="resume"):
+        train_identity(cfg("cut", resume=True, rank=4), log=lambda *_: None)
+    logs = []
+    resumed = load_adapter(train_identity(cfg("cut", resume=True), log=logs.append).adapter)
+    assert "resumed: stage1 2, stage2 0" in logs
+    assert sorted(resumed.lora_A) == sorted(whole.lora_A)
+    for k in whole.lora_A:
+        torch.testing.assert_close(resumed.lora_A[k], whole.lora_A[k], rtol=0, atol=1e-6)
+        torch.testing.assert_close(resumed.lora_B[k], whole.lora_B[k], rtol=0, atol=1e-6)
+    assert resumed.meta["training"]["stages"] == whole.meta["training"]["stages"]
+
+
 def test_config_errors_are_one_line(tmp_path):
     from aa_runtime.errors import AAError
     from aa_train.identity import IdentityTrainConfig
 
     for kwargs, expected in [(dict(name="my name"), "name"), (dict(output=tmp_path / "x.pt"), ".safetensors"),
                              (dict(bw_alpha=2.0), "bw-alpha"), (dict(mask_attention_weight=-1), "mask-attention"),
-                             (dict(stage1_steps=0, stage2_steps=0), "train at least one stage")]:
+                             (dict(stage1_steps=0, stage2_steps=0), "train at least one stage"),
+                             (dict(lora_targets=("to_k", "to_x")), "lora-targets"), (dict(lora_targets=()), "lora-targets")]:
         args = dict(video=tmp_path / "v.mp4", name="me", class_word="man", output=tmp_path / "a.safetensors") | kwargs
         with pytest.raises(AAError, match=expected):
             IdentityTrainConfig(**args)
