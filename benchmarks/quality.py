@@ -234,7 +234,9 @@ def write_reports(name: str, result: dict, stem: str | None = None) -> tuple[Pat
         lines += ["| metric | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
         for k in METRICS:
             lines.append(f"| {k} | " + " | ".join(_fmt(result["summary"][c][k]) for c in cols) + " |")
-        lines += ["", "Train seconds per identity: " + ", ".join(f"{k} {v:.0f}" for k, v in result["train_seconds"].items())]
+        lines += ["", "Train seconds per identity: " + ", ".join(f"{k} {v:.0f}" for k, v in result["train_seconds"].items()),
+                  "", "ceiling: the rendered target clips; floor: the base from the class caption; description: the "
+                  "base from the person's full written appearance; the rest: adapters (`VARIANTS` in quality.py)."]
     lines += ["", f"Scenario: `{json.dumps(result['scenario'])}`"]
     plain = json.loads(json.dumps(result, default=str))  # paths and numpy scalars as JSON values
     return write_report(RESULTS, stem or f"quality_{name}", plain, "\n".join(lines) + "\n")
