@@ -43,7 +43,7 @@ class IdentityTrainConfig:
     motion_module: str | None = None
     rank: int = 8
     alpha: float = 8.0
-    lora_targets: tuple[str, ...] = ATTN2_PROJECTIONS  # which spatial attn2 projections get LoRA (or, full_attn2, train)
+    lora_targets: tuple[str, ...] = ATTN2_PROJECTIONS  # spatial attn2 projections given LoRA (full_attn2: trained)
     lr: float = 1e-3
     stage1_steps: int = 240
     stage2_steps: int = 80
@@ -108,6 +108,11 @@ class IdentityTrainConfig:
             raise AAError("optimizer", self.optimizer, "use adamw8bit or adamw")
 
     @property
+    def target_pattern(self) -> str:
+        """Module regex of the trained projections; also the adapter's `target_modules`."""
+        return spatial_attn2_pattern(self.lora_targets)
+
+    @property
     def token(self) -> str:
         return f"<{self.name}>"
 
@@ -165,8 +170,7 @@ def make_optimizer(params, cfg: IdentityTrainConfig):
 def trainable_attn2(unet, cfg: IdentityTrainConfig) -> tuple[list[str], list[torch.nn.Parameter]]:
     """Freeze everything, then open either LoRA on the spatial attn2 projections or (ablation) the projections."""
     unet.requires_grad_(False)
-    pattern = spatial_attn2_pattern(cfg.lora_targets)
-    targets = [n for n, _ in unet.named_modules() if re.fullmatch(pattern, n)]
+    targets = [n for n, _ in unet.named_modules() if re.fullmatch(cfg.target_pattern, n)]
     if cfg.full_attn2:
         params = []
         for n in targets:
@@ -412,7 +416,7 @@ def train_identity(cfg: IdentityTrainConfig, log=print) -> IdentityResult:
     scale = cfg.alpha / cfg.rank
     deltas = {k: scale * B[k] @ A[k] for k in A}
     meta = adapter_metadata(identifier=cfg.token, class_word=cfg.class_word, rank=cfg.rank, alpha=cfg.alpha,
-                            target_modules=spatial_attn2_pattern(cfg.lora_targets), base_fingerprint=base.fingerprint,
+                            target_modules=cfg.target_pattern, base_fingerprint=base.fingerprint,
                             bone_lengths=data.bone_lengths, training=summary)
     path = save_adapter(cfg.output, A, B, meta)
     save_loss_curve(losses, cfg.output.with_suffix(".loss.png"))

@@ -84,8 +84,8 @@ def test_separate_prior_pass_trains_only_lora(tiny_bundle, reference, tmp_path):
 
 
 def test_kv_only_adapter(tiny_bundle, reference, tmp_path):
-    """`--lora-targets to_k,to_v` adapts exactly the text-side projections of every spatial attn2, and the adapter
-    merges into the base and changes its output."""
+    """`--lora-targets to_k,to_v` adapts exactly the text-side projections of every spatial attn2; merging it
+    adds (α/r)·BA to those weights and leaves the others bit-identical."""
     import re
 
     from aa_runtime.pipeline import AnimatePipeline
