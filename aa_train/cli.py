@@ -34,6 +34,8 @@ def main():
 @click.option("--video-batch", default=4, show_default=True)
 @click.option("--lr", default=3e-4, show_default=True, help="UNet/text-encoder learning rate.")
 @click.option("--vae-lr", default=5e-4, show_default=True)
+@click.option("--denoise-person-weight", default=1.0, show_default=True,
+              help="Denoising loss weight on latent pixels the person touches (1 = plain MSE).")
 @click.option("--warmup", default=500, show_default=True)
 @click.option("--checkpoint-every", default=500, show_default=True)
 @click.option("--init", default=None, help="Start from this bundle instead of random weights.")
@@ -41,7 +43,8 @@ def main():
 @click.option("--threads", default=1, show_default=True, help="torch threads per process.")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoints in --work-dir.")
 def base_cmd(data, output, stages, work_dir, size, frames, vae_steps, image_steps, video_steps, vae_batch,
-             image_batch, video_batch, lr, vae_lr, warmup, checkpoint_every, init, seed, threads, resume):
+             image_batch, video_batch, lr, vae_lr, denoise_person_weight, warmup, checkpoint_every, init, seed,
+             threads, resume):
     """Train a pose-conditioned base bundle (VAE, then image stage, then video stage)."""
     from .base import BaseTrainConfig, train_base
 
@@ -49,7 +52,8 @@ def base_cmd(data, output, stages, work_dir, size, frames, vae_steps, image_step
         cfg = BaseTrainConfig(output=output, data=data, stages=tuple(s.strip() for s in stages.split(",") if s.strip()),
                               work_dir=work_dir, size=size, frames=frames, vae_steps=vae_steps,
                               image_steps=image_steps, video_steps=video_steps, vae_batch=vae_batch,
-                              image_batch=image_batch, video_batch=video_batch, lr=lr, vae_lr=vae_lr, warmup=warmup,
+                              image_batch=image_batch, video_batch=video_batch, lr=lr, vae_lr=vae_lr,
+                              denoise_person_weight=denoise_person_weight, warmup=warmup,
                               checkpoint_every=checkpoint_every, init=init, seed=seed, threads=threads, resume=resume)
         path = train_base(cfg, log=lambda m: click.echo(m, err=True))
     except AAError as e:

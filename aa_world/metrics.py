@@ -55,8 +55,12 @@ def id_accuracy(judge_out: JudgeOutput, identity: Identity, visible_logo, visibl
     """ID accuracy: the share of counted (frame, attribute) pairs where the judge reads the target identity's
     value; view-dependent attributes count only in frames where `visible_logo` / `visible_backpack` (F,) bool
     — from the target clip, never from the generated video — say they can be seen."""
-    acc = attribute_accuracies(judge_out, identity, visible_logo, visible_backpack)
-    hits, counted = (sum(v[i] for v in acc.values()) for i in (0, 1))
+    return pooled_accuracy(attribute_accuracies(judge_out, identity, visible_logo, visible_backpack))
+
+
+def pooled_accuracy(attributes: dict) -> float:
+    """Hits over counted (frame, attribute) pairs of an `attribute_accuracies` result."""
+    hits, counted = (sum(v[i] for v in attributes.values()) for i in (0, 1))
     return hits / counted  # counted ≥ F · 11 > 0: the non-view-dependent attributes count in every frame
 
 
@@ -155,7 +159,8 @@ def observable_flags(clip: Clip) -> tuple[np.ndarray, np.ndarray]:
 def score_video(judge: Judge, frames: np.ndarray, target_clip: Clip, prompt_scene: str, prompt_objects: Sequence = (),
                 reference_scene: str | None = None) -> dict:
     """All metrics of one generated video. frames uint8 (F, H, W, 3) in [0, 255], of the target clip's frame
-    count and size. Returns floats; `background_leakage` is None without a reference scene other than the prompt's.
+    count and size. Returns floats, plus `attributes` (name → [hits, counted frames], what `id_accuracy` pools);
+    `background_leakage` is None without a reference scene other than the prompt's.
     Flicker compares the same background pixels in the video and the target clip: those outside the person as
     the judge sees it in the video and as it stands in the target pose (so the target clip scores exactly 1)."""
     frames = np.asarray(frames)
@@ -169,12 +174,14 @@ def score_video(judge: Judge, frames: np.ndarray, target_clip: Clip, prompt_scen
     leak = None
     if reference_scene is not None and reference_scene != prompt_scene:
         leak = background_leakage(out, reference_scene, prompt_scene)
+    attributes = attribute_accuracies(out, target_clip.identity, logo, backpack)
     return {
-        "id_accuracy": id_accuracy(out, target_clip.identity, logo, backpack),
+        "id_accuracy": pooled_accuracy(attributes),
         "scene_accuracy": scene_accuracy(out, prompt_scene),
         "object_accuracy": object_accuracy(out, prompt_objects),
         "pose_iou": pose_iou(out, target_clip.masks),
         "background_leakage": leak,
         "temporal_flicker": temporal_flicker(frames, person, target_clip.frames, person),
         "frames": int(len(frames)),
+        "attributes": {k: list(v) for k, v in attributes.items()},  # name → [hits, counted frames]
     }

@@ -94,6 +94,17 @@ def _summary(rows: list[dict]) -> dict:
     return out
 
 
+def _attributes(rows: list[dict]) -> dict[str, float]:
+    """Per-attribute accuracy pooled over rows: hits over counted frames (None where no frame counts)."""
+    total: dict[str, list[int]] = {}
+    for r in rows:
+        for name, (hits, counted) in r["attributes"].items():
+            t = total.setdefault(name, [0, 0])
+            t[0] += hits
+            t[1] += counted
+    return {name: (h / c if c else None) for name, (h, c) in total.items()}
+
+
 def _meta(base, judge) -> dict:
     return {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "python": platform.python_version(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "base": base.source, "base_fingerprint": base.fingerprint,
@@ -123,7 +134,8 @@ def run_base(scn: BaseScenario, base_path: str | None) -> dict:
         print(f"[base] {i + 1}/{scn.clips} scene {rows[-1]['scene_accuracy']:.2f} pose IoU {rows[-1]['pose_iou']:.2f}",
               file=sys.stderr)
     return {"scenario": asdict(scn), "meta": _meta(base, judge), "generated": _summary(rows),
-            "ceiling": _summary(ceiling), "rows": rows}
+            "ceiling": _summary(ceiling), "attributes": {"generated": _attributes(rows), "ceiling": _attributes(ceiling)},
+            "rows": rows}
 
 
 def _identity_job(scn: IdentityScenario, base_path: str | None, work: Path, k: int, seed: int, ref_scene: str,
@@ -209,12 +221,25 @@ def run_identity(scn: IdentityScenario, base_path: str | None, work: Path, jobs:
                         for s in sorted({r["identity"] for r in rows})} for v, rows in results.items()}
     return {"scenario": asdict(scn), "meta": _meta(load_base(base_path), Judge.load()),
             "summary": {v: _summary(rows) for v, rows in results.items()},
+            "attributes": {v: _attributes(rows) for v, rows in results.items()},
             "id_accuracy_per_identity": per_identity,
             "train_seconds": {v: float(np.mean(t)) for v, t in timings.items() if t}}
 
 
 def _fmt(s) -> str:
     return "—" if s is None else f"{s['mean']:.3f} ± {s['std']:.3f}"
+
+
+def _attribute_lines(table: dict[str, dict[str, float | None]]) -> list[str]:
+    """Markdown rows: one per attribute, one column per bucket of `table` (bucket → attribute → accuracy)."""
+    cols = list(table)
+    names = list(next(iter(table.values())))
+    lines = ["", "Per attribute (accuracy over counted frames; the class caption and the written description name "
+             "no skin tone):", "", "| attribute | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for n in names:
+        lines.append(f"| {n} | " + " | ".join("—" if table[c][n] is None else f"{table[c][n]:.2f}" for c in cols)
+                     + " |")
+    return lines
 
 
 def write_reports(name: str, result: dict, stem: str | None = None) -> tuple[Path, Path]:
@@ -229,6 +254,7 @@ def write_reports(name: str, result: dict, stem: str | None = None) -> tuple[Pat
         for k in METRICS:
             if k != "background_leakage":
                 lines.append(f"| {k} | {_fmt(result['generated'][k])} | {_fmt(result['ceiling'][k])} |")
+        lines += _attribute_lines(result["attributes"])
     else:
         cols = list(result["summary"])
         lines += ["| metric | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
@@ -237,6 +263,7 @@ def write_reports(name: str, result: dict, stem: str | None = None) -> tuple[Pat
         lines += ["", "Train seconds per identity: " + ", ".join(f"{k} {v:.0f}" for k, v in result["train_seconds"].items()),
                   "", "ceiling: the rendered target clips; floor: the base from the class caption; description: the "
                   "base from the person's full written appearance; the rest: adapters (`VARIANTS` in quality.py)."]
+        lines += _attribute_lines(result["attributes"])
     lines += ["", f"Scenario: `{json.dumps(result['scenario'])}`"]
     plain = json.loads(json.dumps(result, default=str))  # paths and numpy scalars as JSON values
     return write_report(RESULTS, stem or f"quality_{name}", plain, "\n".join(lines) + "\n")

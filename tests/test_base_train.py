@@ -38,6 +38,50 @@ def test_image_stage_steps_lower_the_loss_on_a_fixed_batch():
     assert losses[-1] < 0.8 * losses[0], losses
 
 
+def test_person_weights_mark_every_latent_pixel_the_person_touches():
+    from aa_train.base import latent_person_weights
+
+    masks = torch.zeros(2, 3, 64, 64, dtype=torch.bool)
+    masks[0, 1, 5, 9] = True  # one pixel → latent (1, 2) at 4× down
+    masks[1, 2, 60:64, 0:8] = True  # a 4×8 block → latent row 15, columns 0 and 1
+    w = latent_person_weights(masks, (16, 16), 4.0)
+    expected = torch.ones(2, 3, 16, 16)
+    expected[0, 1, 1, 2] = 4.0
+    expected[1, 2, 15, 0:2] = 4.0
+    assert w.shape == (2, 3, 16, 16) and torch.equal(w, expected)
+
+
+def test_weighted_denoising_loss_is_the_weighted_mean_of_per_sample_losses():
+    from diffusers import DDPMScheduler
+
+    from aa_train.base import denoising_loss
+
+    base = build_random_base(TinyConfig(max_tokens=64), seed=0)
+    g = torch.Generator().manual_seed(1)
+    z, p, noise = (torch.randn(2, 4, 1, 16, 16, generator=g) for _ in range(3))
+    t, caps = torch.tensor([200, 600]), ["a man in a park", "a woman on a beach"]
+    acp = DDPMScheduler.from_config(base.scheduler_config).alphas_cumprod
+    with torch.no_grad():
+        plain = denoising_loss(base, acp, z, p, caps, t, noise, train_text=False, device="cpu")
+        each = [denoising_loss(base, acp, z[i:i + 1], p[i:i + 1], caps[i:i + 1], t[i:i + 1], noise[i:i + 1],
+                               train_text=False, device="cpu") for i in range(2)]
+        equal = denoising_loss(base, acp, z, p, caps, t, noise, train_text=False, device="cpu",
+                               weights=torch.full((2, 1, 1, 16, 16), 3.0))
+        w = torch.ones(2, 1, 1, 16, 16)
+        w[0] = 4.0  # sample 0 counts four times
+        weighted = denoising_loss(base, acp, z, p, caps, t, noise, train_text=False, device="cpu", weights=w)
+    torch.testing.assert_close(equal, plain, rtol=1e-6, atol=0)
+    torch.testing.assert_close(weighted, (4 * each[0] + each[1]) / 5, rtol=1e-5, atol=0)
+
+
+def test_denoise_person_weight_below_one_is_refused(tmp_path):
+    from aa_runtime.errors import AAError
+    from aa_train.base import BaseTrainConfig
+
+    with pytest.raises(AAError, match="denoise-person-weight"):
+        BaseTrainConfig(output=tmp_path / "b", denoise_person_weight=0.5)
+
+
 def _tmp_cache():
     import tempfile
 
@@ -66,11 +110,11 @@ def test_two_process_accelerate_run_ends_with_identical_weights(tmp_path):
     more = tmp_path / "more"
     cmd = [sys.executable, "-m", "aa_train.cli", "base", "--data", "world:6", "--frames", "2", "-o", str(more),
            "--work-dir", str(tmp_path / "work2"), "--stages", "image", "--image-steps", "1", "--image-batch", "2",
-           "--warmup", "1", "--init", str(out)]
+           "--warmup", "1", "--init", str(out), "--denoise-person-weight", "4"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     prov = json.loads((more / "aa_bundle.json").read_text())["provenance"]
-    assert set(prov["stages"]) == {"image"}
+    assert set(prov["stages"]) == {"image"} and prov["recipe"]["denoise_person_weight"] == 4.0
     assert prov["init"]["fingerprint"] == manifest["fingerprint"]
     assert prov["init"]["provenance"]["stages"] == manifest["provenance"]["stages"]
     assert load_base(more).trained_stages == ["image", "vae", "video"]  # across the --init chain

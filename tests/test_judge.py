@@ -197,6 +197,14 @@ def test_metrics_floor_wrong_identity_and_wrong_scene(judge, eval_clips):
     wrong_id = render_clip(ClipSpec(**{**spec.__dict__, "identity_seed": other}))
     floor = score_video(judge, wrong_id.frames, clip, spec.scene, spec.objects)
     assert floor["id_accuracy"] < gt["id_accuracy"] - 0.25, (floor, gt)
+    # the per-attribute counts pool to the ID accuracy and show where the wrong identity differs
+    assert set(gt["attributes"]) == set(ATTRIBUTE_HEAD_SIZES)
+    for s in (gt, floor):
+        hits, counted = (sum(v[i] for v in s["attributes"].values()) for i in (0, 1))
+        assert hits / counted == s["id_accuracy"]
+    for name in ("shirt_colour", "lower_colour"):
+        (gh, gc), (fh, fc) = gt["attributes"][name], floor["attributes"][name]
+        assert gc == fc == len(clip.frames) and gh / gc >= 0.75 and fh / fc <= 0.25, (name, gh, fh)
     # the same person in the reference video's scene while the prompt asks for the clip's scene
     reference = next(s for s in ("snow field", "night sky", "beach") if s != spec.scene)
     leaked = render_clip(ClipSpec(**{**spec.__dict__, "scene": reference}))
