@@ -86,6 +86,9 @@ def base_cmd(data, output, stages, work_dir, size, frames, vae_steps, image_step
 @click.option("--mask-attention-weight", type=float, default=None, help="Cross-region attention weight w (1 = off) [0.3].")
 @click.option("--prior-weight", type=float, default=None, help="Prior-preservation weight (0 = off) [1.0].")
 @click.option("--prior-steps", type=int, default=None, help="Sampling steps for the class samples [20].")
+@click.option("--prior-prompt", "prior_prompts", multiple=True, default=None,
+              help="Another class prompt for prior samples, e.g. the class in another scene (repeatable; one "
+                   "generated video each).")
 @click.option("--optimizer", type=click.Choice(["adamw8bit", "adamw"]), default=None, help="[adamw8bit].")
 @click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None,
               help="Checkpoint UNet and motion modules [on with CUDA].")

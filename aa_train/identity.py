@@ -56,6 +56,7 @@ class IdentityTrainConfig:
     mask_attention_weight: float = 0.3  # w for cross-region attention pairs; 1 = plain attention
     prior_weight: float = 1.0
     prior_steps: int = 20  # sampling steps for the class samples
+    prior_prompts: tuple[str, ...] = ()  # more class prompts (e.g. other scenes): one prior video each
     optimizer: Literal["adamw8bit", "adamw"] = "adamw8bit"
     full_attn2: bool = False  # ablation: fine-tune the attn2 projections fully instead of LoRA
     single_frame: bool = False  # ablation: one reference frame instead of the video
@@ -102,6 +103,13 @@ class IdentityTrainConfig:
             raise AAError("mask-attention-weight", self.mask_attention_weight, "use 0 ≤ w ≤ 1 (1 = off)")
         if self.prior_weight < 0:
             raise AAError("prior-weight", self.prior_weight, "use ≥ 0 (0 = no prior preservation)")
+        for prompt in self.prior_prompts:
+            if not prompt.strip() or self.token in prompt:
+                raise AAError("prior prompt", repr(prompt), f"give a class prompt without {self.token}, "
+                              f"e.g. 'a {self.class_word} on a beach'")
+        if self.prior_prompts and self.prior_weight == 0:
+            raise AAError("prior prompt", f"{len(self.prior_prompts)} given with --prior-weight 0",
+                          "drop --prior-prompt or set --prior-weight > 0")
         if self.image_batch < 1 or self.clip_frames < 1:
             raise AAError("batch/frames", f"{self.image_batch}/{self.clip_frames}", "use ≥ 1")
         if self.optimizer not in ("adamw8bit", "adamw"):
@@ -200,18 +208,20 @@ def encode_frames(pipe: AnimatePipeline, frames: np.ndarray) -> torch.Tensor:
     return pipe.encode_images(frames, 16)[0].permute(1, 0, 2, 3)  # (1, C, F, h, w) → (F, C, h, w)
 
 
-def class_samples(pipe: AnimatePipeline, data, cfg: IdentityTrainConfig, cache_dir: Path) -> np.ndarray:
-    """Prior-preservation samples: the base's video of the class caption in the reference poses, generated once
-    and cached by (base, caption, poses, seed, steps). uint8 (F, R, R, 3)."""
+def class_samples(pipe: AnimatePipeline, data, cfg: IdentityTrainConfig, cache_dir: Path,
+                  caption: str | None = None) -> np.ndarray:
+    """Prior-preservation samples: the base's video of the class caption (or `caption`) in the reference poses,
+    generated once and cached by (base, caption, poses, seed, steps). uint8 (F, R, R, 3)."""
     res = data.frames.shape[1]
-    key = hashlib.sha256(json.dumps([pipe.fingerprint, data.class_caption, cfg.seed, cfg.prior_steps, res,
+    caption = caption or data.class_caption
+    key = hashlib.sha256(json.dumps([pipe.fingerprint, caption, cfg.seed, cfg.prior_steps, res,
                                      hashlib.sha256(data.keypoints.tobytes()).hexdigest()]).encode()).hexdigest()[:16]
     path = cache_dir / f"prior-{key}.npy"
     if path.is_file():
         return np.load(path)
     poses = PoseSequence(data.keypoints, res, res, data.fps)
     window = min(16, int(pipe.unet.config.motion_max_seq_length))
-    out = pipe(data.class_caption, poses, num_frames=poses.frames, fps=poses.fps, height=res, width=res,
+    out = pipe(caption, poses, num_frames=poses.frames, fps=poses.fps, height=res, width=res,
                num_inference_steps=cfg.prior_steps, seed=cfg.seed, window=window, overlap=4, pose_fit="frame",
                retarget_poses=False, progress=False)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -287,9 +297,10 @@ def train_identity(cfg: IdentityTrainConfig, log=print) -> IdentityResult:
     pose_latents = encode_frames(pipe, render_skeletons(poses))
     fore = latent_masks(torch.from_numpy(data.masks), latents.shape[-2:]).to(device)  # (F, 1, h, w)
     text = pipe.encode_prompt(data.caption)  # (1, T, D)
-    class_text = pipe.encode_prompt(data.class_caption)
     use_prior = cfg.prior_weight > 0
-    prior_latents = encode_frames(pipe, class_samples(pipe, data, cfg, cache)) if use_prior else None
+    prior_captions = [data.class_caption, *cfg.prior_prompts] if use_prior else []
+    class_texts = [pipe.encode_prompt(c) for c in prior_captions]
+    prior_bank = [encode_frames(pipe, class_samples(pipe, data, cfg, cache, c)) for c in prior_captions]
     log(f"caches ready ({time.time() - t0:.1f}s)")
 
     # 3. trainable parameters, optimizer, attention, checkpointing
@@ -348,6 +359,10 @@ def train_identity(cfg: IdentityTrainConfig, log=print) -> IdentityResult:
         fm_frames = fm.permute(0, 2, 1, 3, 4).flatten(0, 1)  # (B·F, 1, h, w), the UNet's frame order
         parts = [(z, text, fm_frames, lambda pr, nz: background_weakening_loss(pr, nz, fm.to(device), cfg.bw_alpha))]
         if use_prior:
+            # one prior video per step, drawn from the class caption and --prior-prompt (no draw without them,
+            # so the default job's random stream is unchanged)
+            j = int(rng.integers(len(prior_bank))) if len(prior_bank) > 1 else 0
+            prior_latents, class_text = prior_bank[j], class_texts[j]
             zp = prior_latents[idx][:, :, None] if stage == "stage1" else prior_latents[idx].permute(1, 0, 2, 3)[None]
             # one region (all ones): plain attention for the class samples
             parts.append((zp, class_text, torch.ones_like(fm_frames),

@@ -67,6 +67,8 @@ VARIANTS = {  # ablations: what each changes in the identity job
     "single-frame": {"single_frame": True},
     "full-attn2": {"full_attn2": True},
     "kv-only": {"lora_targets": ("to_k", "to_v")},  # LoRA on the text-side projections only (Custom Diffusion)
+    # prior samples also from the class caption in the scenes that are neither the reference's nor a target's
+    "prior-scenes": {"prior_prompts": "other scenes"},
 }
 # Columns without training: the rendered target clip (ceiling), the base from the class caption (floor) and the base
 # from the person's full written appearance (description: what the base can draw of this person from text alone).
@@ -149,6 +151,7 @@ def _identity_job(scn: IdentityScenario, base_path: str | None, work: Path, k: i
     from aa_world.clips import ClipSpec, render_clip, write_clip
     from aa_world.judge import Judge
     from aa_world.metrics import score_video
+    from aa_world.scenes import SCENES
 
     torch.set_num_threads(threads)
     base = load_base(base_path)
@@ -181,6 +184,9 @@ def _identity_job(scn: IdentityScenario, base_path: str | None, work: Path, k: i
         changes = dict(VARIANTS[variant])
         if changes.get("stage2_steps") == "total":
             changes["stage2_steps"] = scn.stage1_steps + scn.stage2_steps
+        if changes.get("prior_prompts") == "other scenes":  # held out: no target scene is in the prior either
+            changes["prior_prompts"] = tuple(class_caption(cls, scn.reference_motion, s) for s in SCENES
+                                             if s != ref_scene and s not in {t for t, _ in scn.targets})
         cfg = IdentityTrainConfig(video=ref_path, name="me", class_word=cls, base=base_path,
                                   output=work / f"id{k}" / f"{variant}.safetensors", cache_dir=work / "cache",
                                   **({"stage1_steps": scn.stage1_steps, "stage2_steps": scn.stage2_steps}

@@ -115,6 +115,31 @@ def test_kv_only_adapter(tiny_bundle, reference, tmp_path):
     assert torch.equal(pipe.unet.get_submodule(q).weight, load_base(tiny_bundle).unet.get_submodule(q).weight)
 
 
+def test_prior_prompts_add_prior_videos(trained, tiny_bundle, reference, tmp_path):
+    """`--prior-prompt` adds one cached prior video per prompt next to the class caption's (which stays the one the
+    default job uses), and is recorded in the adapter; a prompt with the identifier is refused in one line."""
+    from aa_train.cli import main
+
+    out, cache = tmp_path / "p.safetensors", tmp_path / "cache"
+    args = ["identity", str(reference), "--name", "me", "--class-word", "man", "-o", str(out), "--base",
+            str(tiny_bundle), "--stage1-steps", "2", "--stage2-steps", "1", "--image-batch", "2", "--frames", "4",
+            "--prior-steps", "2", "--cache-dir", str(cache)]
+    res = CliRunner().invoke(main, args + ["--prior-prompt", "a man dancing in a snow field"])
+    assert res.exit_code == 0, res.output
+    priors = sorted(cache.glob("prior-*.npy"))
+    default = sorted((trained.adapter.parent / "cache").glob("prior-*.npy"))
+    assert len(priors) == 2 and len(default) == 1
+    shared = [p for p in priors if p.name == default[0].name]
+    assert len(shared) == 1 and np.array_equal(np.load(shared[0]), np.load(default[0]))
+    extra = np.load(next(p for p in priors if p.name != default[0].name))
+    assert extra.shape == np.load(default[0]).shape and not np.array_equal(extra, np.load(default[0]))
+    assert load_adapter(out).meta["training"]["settings"]["prior_prompts"] == ["a man dancing in a snow field"]
+    for bad, word in ((["--prior-prompt", "a <me> man on a beach"], "without <me>"),
+                      (["--prior-prompt", "a man on a beach", "--prior-weight", "0"], "--prior-weight > 0")):
+        res = CliRunner().invoke(main, args + bad)
+        assert res.exit_code == 2 and word in res.output and "Traceback" not in res.output, res.output
+
+
 def test_resume_continues_bit_for_bit(tiny_bundle, reference, tmp_path):
     """A job stopped after its stage-1 checkpoint and resumed gives the adapter of the uninterrupted job; a checkpoint
     from other settings is refused in one line."""
