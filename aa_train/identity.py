@@ -409,9 +409,9 @@ def train_identity(cfg: IdentityTrainConfig, log=print) -> IdentityResult:
                     save_checkpoint(step0)
         log(f"{stage}: {total} steps, loss {np.mean(losses[stage][-50:]) if losses[stage] else float('nan'):.4f}")
     train_s = time.time() - t_train
-    reset_attention(unet, regions)
-    if restore_ckpt is not None:
+    if restore_ckpt is not None:  # undo in reverse order: the checkpoint wrappers rename the motion modules' attention
         restore_ckpt()
+    reset_attention(unet, regions)
     unet.eval()
 
     # 5. write the adapter (LoRA) or collect the full deltas (ablation), with the loss curve

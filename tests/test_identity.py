@@ -83,6 +83,30 @@ def test_separate_prior_pass_trains_only_lora(tiny_bundle, reference, tmp_path):
     assert any(b.abs().max() > 0 for b in load_adapter(result.adapter).lora_B.values())
 
 
+def test_gradient_checkpointing_gives_the_same_adapter(tiny_bundle, reference, tmp_path):
+    """Full gradient checkpointing (the CUDA default) recomputes activations but must not change the training: the
+    adapter matches the one trained without it, and the job ends cleanly (the checkpoint wrappers are removed before
+    the attention processors are restored, so the UNet comes back as it was)."""
+    from aa_train.identity import IdentityTrainConfig, train_identity
+
+    def job(name, ckpt):
+        cfg = IdentityTrainConfig(video=reference, name="me", class_word="man", output=tmp_path / f"{name}.safetensors",
+                                  base=str(tiny_bundle), stage1_steps=2, stage2_steps=2, image_batch=2, clip_frames=4,
+                                  prior_steps=2, lr=5e-3, separate_prior=True, gradient_checkpointing=ckpt,
+                                  cache_dir=tmp_path / "cache", preview=False)
+        return train_identity(cfg, log=lambda *_: None)
+
+    plain, ckpt = job("plain", False), job("ckpt", True)
+    a, b = load_adapter(plain.adapter), load_adapter(ckpt.adapter)
+    assert sorted(a.lora_B) == sorted(b.lora_B)
+    for k in a.lora_B:
+        torch.testing.assert_close(b.lora_A[k], a.lora_A[k], rtol=0, atol=1e-5)
+        torch.testing.assert_close(b.lora_B[k], a.lora_B[k], rtol=0, atol=1e-5)
+    assert any(v.abs().max() > 1e-4 for v in a.lora_B.values())
+    names = lambda unet: sorted(unet.attn_processors)  # noqa: E731
+    assert names(ckpt.base.unet) == names(load_base(tiny_bundle).unet)  # no checkpoint wrapper left behind
+
+
 def test_kv_only_adapter(tiny_bundle, reference, tmp_path):
     """`--lora-targets to_k,to_v` adapts exactly the text-side projections of every spatial attn2; merging it
     adds (α/r)·BA to those weights and leaves the others bit-identical."""
