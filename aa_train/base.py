@@ -29,6 +29,7 @@ from aa_runtime.errors import AAError
 from aa_runtime.model import TinyConfig, build_random_base, load_base, save_bundle
 from aa_runtime.pipeline import to_unit as pipeline_to_unit
 
+from .losses import latent_masks
 from .world_data import WorldSource, render_world
 
 Stage = Literal["vae", "image", "video"]
@@ -346,9 +347,8 @@ def _encode_text(base, captions: list[str], device) -> torch.Tensor:
 def latent_person_weights(masks: torch.Tensor, latent_hw: tuple[int, int], weight: float) -> torch.Tensor:
     """Pixel person masks bool (..., H, W) → loss weights float (..., h, w): `weight` on every latent pixel whose
     patch holds any person pixel (max-pool: a limb one latent pixel wide still counts), 1 elsewhere."""
-    lead, (h, w) = masks.shape[:-2], latent_hw
-    m = F.adaptive_max_pool2d(masks.reshape(-1, 1, *masks.shape[-2:]).float(), (h, w))
-    return (1 + (weight - 1) * m).reshape(*lead, h, w)
+    m = latent_masks(masks.reshape(-1, *masks.shape[-2:]), latent_hw, pool="max")
+    return (1 + (weight - 1) * m).reshape(*masks.shape[:-2], *latent_hw)
 
 
 def denoising_loss(base, acp, z, p, captions, t, noise, *, train_text: bool, device,

@@ -21,6 +21,8 @@ def prior_preservation_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.T
     return F.mse_loss(pred.float(), target.float())
 
 
-def latent_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """bool/float (N, H, W) pixel masks → float (N, 1, h, w) in [0, 1] by area averaging."""
-    return F.adaptive_avg_pool2d(masks.float()[:, None], size)
+def latent_masks(masks: torch.Tensor, size: tuple[int, int], pool: str = "avg") -> torch.Tensor:
+    """bool/float (N, H, W) pixel masks → float (N, 1, h, w) in [0, 1]: the person's share of each latent pixel's
+    patch (`avg`), or 1 wherever the patch holds any person pixel (`max`)."""
+    down = {"avg": F.adaptive_avg_pool2d, "max": F.adaptive_max_pool2d}[pool]
+    return down(masks.float()[:, None], size)

@@ -58,6 +58,10 @@ class IdentityScenario:
                                  "kv-only")
     seed: int = 7
 
+    @property
+    def target_scenes(self) -> set[str]:
+        return {scene for scene, _ in self.targets}
+
 
 VARIANTS = {  # ablations: what each changes in the identity job
     "full": {},
@@ -186,7 +190,7 @@ def _identity_job(scn: IdentityScenario, base_path: str | None, work: Path, k: i
             changes["stage2_steps"] = scn.stage1_steps + scn.stage2_steps
         if changes.get("prior_prompts") == "other scenes":  # held out: no target scene is in the prior either
             changes["prior_prompts"] = tuple(class_caption(cls, scn.reference_motion, s) for s in SCENES
-                                             if s != ref_scene and s not in {t for t, _ in scn.targets})
+                                             if s != ref_scene and s not in scn.target_scenes)
         cfg = IdentityTrainConfig(video=ref_path, name="me", class_word=cls, base=base_path,
                                   output=work / f"id{k}" / f"{variant}.safetensors", cache_dir=work / "cache",
                                   **({"stage1_steps": scn.stage1_steps, "stage2_steps": scn.stage2_steps}
@@ -212,7 +216,7 @@ def run_identity(scn: IdentityScenario, base_path: str | None, work: Path, jobs:
     picks = []  # drawn up front, so the identities do not depend on how many jobs run
     for k in range(scn.identities):
         seed = int(rng.integers(EVAL_IDENTITY_SEEDS.start, EVAL_IDENTITY_SEEDS.stop))
-        ref_scene = str(rng.choice([s for s in SCENES if s not in {t for t, _ in scn.targets}]))
+        ref_scene = str(rng.choice([s for s in SCENES if s not in scn.target_scenes]))
         picks.append((k, seed, ref_scene))
     if jobs > 1:
         import multiprocessing as mp
