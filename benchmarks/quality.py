@@ -57,6 +57,9 @@ class IdentityScenario:
     variants: tuple[str, ...] = ("full", "no-bw-loss", "no-mask-attention", "one-stage", "single-frame", "full-attn2",
                                  "kv-only")
     seed: int = 7
+    # also score every column on the reference video itself (its scene, poses and caption: the training
+    # conditions), apart from the transfer to new scenes: whether an adapter learned the person at all
+    reference_check: bool = False
 
     @property
     def target_scenes(self) -> set[str]:
@@ -145,9 +148,10 @@ def run_base(scn: BaseScenario, base_path: str | None) -> dict:
 
 
 def _identity_job(scn: IdentityScenario, base_path: str | None, work: Path, k: int, seed: int, ref_scene: str,
-                  threads: int = 1) -> tuple[dict[str, list[dict]], dict[str, float]]:
+                  threads: int = 1) -> tuple[dict[str, list[dict]], dict[str, float], dict[str, list[dict]]]:
     """One identity: reference video → every variant's adapter → generations in the target scenes, all scored.
-    Returns the scored rows per bucket (REFERENCE_BUCKETS, variants) and the training seconds per variant."""
+    Returns the scored rows per bucket (REFERENCE_BUCKETS, variants), the training seconds per variant and, with
+    `reference_check`, the rows per bucket on the reference video itself (else {})."""
     from aa_runtime.model import load_base
     from aa_runtime.pipeline import AnimatePipeline
     from aa_train.identity import IdentityTrainConfig, train_identity
@@ -162,6 +166,7 @@ def _identity_job(scn: IdentityScenario, base_path: str | None, work: Path, k: i
     judge = Judge.load()
     size = base.defaults.width
     results: dict[str, list[dict]] = {v: [] for v in (*REFERENCE_BUCKETS, *scn.variants)}
+    on_reference: dict[str, list[dict]] = {v: [] for v in results} if scn.reference_check else {}
     timings: dict[str, float] = {}
     ref = render_clip(ClipSpec(identity_seed=seed, scene=ref_scene, scene_seed=k, motion=scn.reference_motion,
                                frames=scn.reference_frames, fps=scn.fps, width=size, height=size, seed=k))
@@ -177,10 +182,15 @@ def _identity_job(scn: IdentityScenario, base_path: str | None, work: Path, k: i
             frames = _generate(pipe_, prompt_fn(clip), clip, scn.steps, 5.0, scn.seed + j)
             results[bucket].append(score_video(judge, frames, clip, clip.spec.scene, (), ref_scene)
                                    | {"identity": seed})
+        if scn.reference_check:  # the prompt names the reference's own scene: no leakage to measure
+            frames = _generate(pipe_, prompt_fn(ref), ref, scn.steps, 5.0, scn.seed)
+            on_reference[bucket].append(score_video(judge, frames, ref, ref_scene, ()) | {"identity": seed})
 
     for clip in targets:
         results["ceiling"].append(score_video(judge, clip.frames, clip, clip.spec.scene, (), ref_scene)
                                   | {"identity": seed})
+    if scn.reference_check:
+        on_reference["ceiling"].append(score_video(judge, ref.frames, ref, ref_scene, ()) | {"identity": seed})
     plain = AnimatePipeline.from_base(base)
     score(plain, lambda c: class_caption(cls, c.spec.motion, c.spec.scene), "floor")
     score(plain, lambda c: full_caption(c.identity, c.spec.motion, c.spec.scene), "description")
@@ -202,7 +212,7 @@ def _identity_job(scn: IdentityScenario, base_path: str | None, work: Path, k: i
         score(pipe, lambda c: identity_caption("<me>", cls, c.spec.motion, c.spec.scene), variant)
         print(f"[identity {k + 1}/{scn.identities}] {variant}: "
               f"ID {np.mean([r['id_accuracy'] for r in results[variant][-len(targets):]]):.3f}", file=sys.stderr)
-    return results, timings
+    return results, timings, on_reference
 
 
 def run_identity(scn: IdentityScenario, base_path: str | None, work: Path, jobs: int = 1) -> dict:
@@ -225,15 +235,19 @@ def run_identity(scn: IdentityScenario, base_path: str | None, work: Path, jobs:
             outs = pool.starmap(_identity_job, [(scn, base_path, work, *p) for p in picks])
     else:
         outs = [_identity_job(scn, base_path, work, *p, threads=torch.get_num_threads()) for p in picks]
-    results = {b: [r for res, _ in outs for r in res[b]] for b in (*REFERENCE_BUCKETS, *scn.variants)}
-    timings = {v: [t[v] for _, t in outs] for v in scn.variants}
+    results = {b: [r for res, _, _ in outs for r in res[b]] for b in (*REFERENCE_BUCKETS, *scn.variants)}
+    timings = {v: [t[v] for _, t, _ in outs] for v in scn.variants}
+    on_reference = {b: [r for _, _, ref in outs for r in ref[b]] for b in outs[0][2]}
     per_identity = {v: {str(s): float(np.mean([r["id_accuracy"] for r in rows if r["identity"] == s]))
                         for s in sorted({r["identity"] for r in rows})} for v, rows in results.items()}
     return {"scenario": asdict(scn), "meta": _meta(load_base(base_path), Judge.load()),
             "summary": {v: _summary(rows) for v, rows in results.items()},
             "attributes": {v: _attributes(rows) for v, rows in results.items()},
             "id_accuracy_per_identity": per_identity,
-            "train_seconds": {v: float(np.mean(t)) for v, t in timings.items() if t}}
+            "train_seconds": {v: float(np.mean(t)) for v, t in timings.items() if t},
+            **({"on_reference": {"summary": {v: _summary(rows) for v, rows in on_reference.items()},
+                                 "attributes": {v: _attributes(rows) for v, rows in on_reference.items()}}}
+               if on_reference else {})}
 
 
 def _fmt(s) -> str:
@@ -274,6 +288,15 @@ def write_reports(name: str, result: dict, stem: str | None = None) -> tuple[Pat
                   "", "ceiling: the rendered target clips; floor: the base from the class caption; description: the "
                   "base from the person's full written appearance; the rest: adapters (`VARIANTS` in quality.py)."]
         lines += _attribute_lines(result["attributes"])
+        if "on_reference" in result:
+            ref = result["on_reference"]
+            lines += ["", "On the reference video itself (its scene, poses and caption: the training conditions; "
+                      "no leakage to measure):", "", "| metric | " + " | ".join(ref["summary"]) + " |",
+                      "|---" * (len(ref["summary"]) + 1) + "|"]
+            for k in METRICS:
+                if k != "background_leakage":
+                    lines.append(f"| {k} | " + " | ".join(_fmt(v[k]) for v in ref["summary"].values()) + " |")
+            lines += _attribute_lines(ref["attributes"])
     lines += ["", f"Scenario: `{json.dumps(result['scenario'])}`"]
     plain = json.loads(json.dumps(result, default=str))  # paths and numpy scalars as JSON values
     return write_report(RESULTS, stem or f"quality_{name}", plain, "\n".join(lines) + "\n")
@@ -295,6 +318,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--jobs", type=int, default=1, help="identities trained at once (one process each)")
     ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--reference-check", action="store_true", default=None,
+                    help="identity report: also score every column on the reference video itself")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     given = {k: v for k, v in vars(args).items() if v is not None}
@@ -302,7 +327,8 @@ def main(argv=None) -> int:
         scn = BaseScenario(**{k: given[k] for k in ("clips", "steps", "noise_correlation") if k in given})
         result = run_base(scn, args.base)
     else:
-        extra = {k: given[k] for k in ("identities", "steps", "stage1_steps", "stage2_steps") if k in given}
+        extra = {k: given[k] for k in ("identities", "steps", "stage1_steps", "stage2_steps", "reference_check")
+                 if k in given}
         if args.variants:
             unknown = set(args.variants.split(",")) - set(VARIANTS)
             if unknown:
