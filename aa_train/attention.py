@@ -2,7 +2,10 @@
 regions (person vs background) are multiplied by w < 1, so each region attends mostly to itself.
 
 Implemented as a diffusers attention processor: a log-w bias on the logits through SDPA's `attn_mask`.
-Training-time only. The trainer sets the per-sample masks on a shared `RegionMasks` before each forward."""
+Training-time only. The trainer sets the per-sample masks on a shared `RegionMasks` before each forward.
+
+Also a probe of the spatial cross-attention (`cross_attention_entropy`): how evenly each pixel spreads its weight
+over the text tokens, a base-model diagnostic."""
 from __future__ import annotations
 
 import math
@@ -13,6 +16,7 @@ import torch.nn.functional as F
 
 # spatial self-attention of the transformer blocks; not the motion modules' temporal attention
 SPATIAL_ATTN1 = re.compile(r".*attentions\.\d+\.transformer_blocks\.\d+\.attn1\.processor$")
+SPATIAL_ATTN2 = re.compile(r".*attentions\.\d+\.transformer_blocks\.\d+\.attn2\.processor$")
 
 
 class RegionMasks:
@@ -79,3 +83,49 @@ def reset_attention(unet, regions: RegionMasks) -> None:
     """Put back the processors that `set_mask_guided_attention` replaced."""
     unet.set_attn_processor(dict(regions.previous))
     regions.masks = None
+
+
+class CrossAttentionProbe:
+    """Cross-attention with the plain output that also records, per call, the mean over queries and heads of the
+    entropy of the weights over the text tokens divided by log(T): 1 = uniform (every pixel reads the same mix of
+    the text), 0 = each pixel reads a single token."""
+
+    def __init__(self):
+        self.ratios: list[float] = []
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        if encoder_hidden_states is None or hidden_states.ndim != 3 or attention_mask is not None:
+            raise ValueError("CrossAttentionProbe handles unmasked cross-attention on (N, L, C) tokens only")
+        residual = hidden_states
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        if attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        n = hidden_states.shape[0]
+        q = attn.to_q(hidden_states)
+        k, v = attn.to_k(encoder_hidden_states), attn.to_v(encoder_hidden_states)
+        head = k.shape[-1] // attn.heads
+        q, k, v = (x.view(n, -1, attn.heads, head).transpose(1, 2) for x in (q, k, v))  # (N, heads, L, d)
+        weights = (q @ k.transpose(-1, -2) * head ** -0.5).softmax(-1)  # (N, heads, L, T)
+        entropy = -(weights * weights.clamp_min(1e-30).log()).sum(-1)
+        self.ratios.append(float(entropy.mean() / math.log(weights.shape[-1])))
+        out = (weights @ v).transpose(1, 2).reshape(n, -1, attn.heads * head).to(q.dtype)
+        out = attn.to_out[1](attn.to_out[0](out))
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+@torch.no_grad()
+def cross_attention_entropy(unet, sample: torch.Tensor, timestep: torch.Tensor,
+                            text: torch.Tensor) -> dict[str, float]:
+    """One UNet forward with every spatial cross-attention probed: layer name → normalised entropy of its weights
+    over the text tokens (see CrossAttentionProbe). The UNet's processors are restored afterwards."""
+    previous = dict(unet.attn_processors)
+    probes = {name: CrossAttentionProbe() for name in previous if SPATIAL_ATTN2.match(name)}
+    unet.set_attn_processor({name: probes.get(name, proc) for name, proc in previous.items()})
+    try:
+        unet(sample, timestep, encoder_hidden_states=text)
+    finally:
+        unet.set_attn_processor(previous)
+    return {name.removesuffix(".processor"): sum(p.ratios) / len(p.ratios) for name, p in probes.items() if p.ratios}

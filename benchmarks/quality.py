@@ -77,6 +77,17 @@ VARIANTS = {  # ablations: what each changes in the identity job
     # prior samples also from the class caption in the scenes that are neither the reference's nor a target's
     "prior-scenes": {"prior_prompts": "other scenes"},
 }
+@dataclass(frozen=True)
+class AttentionScenario:
+    """How evenly the base's spatial cross-attention spreads each pixel's weight over the text tokens, on eval clips
+    with their full captions at a few noise levels (1 = uniform: the text reaches every pixel as one mix)."""
+
+    clips: int = 8
+    frames: int = 4
+    timesteps: tuple[int, ...] = (900, 500, 100)
+    seed: int = 2024
+
+
 # Columns without training: the rendered target clip (ceiling), the base from the class caption (floor) and the base
 # from the person's full written appearance (description: what the base can draw of this person from text alone).
 REFERENCE_BUCKETS = ("ceiling", "floor", "description")
@@ -145,6 +156,41 @@ def run_base(scn: BaseScenario, base_path: str | None) -> dict:
     return {"scenario": asdict(scn), "meta": _meta(base, judge), "generated": _summary(rows),
             "ceiling": _summary(ceiling), "attributes": {"generated": _attributes(rows), "ceiling": _attributes(ceiling)},
             "rows": rows}
+
+
+def run_attention(scn: AttentionScenario, base_path: str | None) -> dict:
+    from diffusers import DDPMScheduler
+
+    from aa_runtime.model import load_base
+    from aa_runtime.pipeline import AnimatePipeline
+    from aa_runtime.poses import PoseSequence, render_skeletons
+    from aa_train.attention import cross_attention_entropy
+    from aa_world.captions import full_caption
+    from aa_world.clips import render_clip, sample_clip_spec
+    from aa_world.judge import Judge
+
+    base = load_base(base_path)
+    pipe = AnimatePipeline.from_base(base)
+    size = base.defaults.width
+    acp = DDPMScheduler.from_config(base.scheduler_config).alphas_cumprod
+    rng = np.random.default_rng(scn.seed)
+    gen = torch.Generator().manual_seed(scn.seed)
+    per: dict[str, dict[int, list[float]]] = {}
+    for _ in range(scn.clips):
+        clip = render_clip(sample_clip_spec(rng, split="eval", frames=scn.frames, fps=8.0, size=size))
+        z = pipe.encode_images(clip.frames, 16)  # (1, 4, F, h, w)
+        p = pipe.encode_images(render_skeletons(PoseSequence(clip.keypoints, size, size, 8.0)), 16)
+        text = pipe.encode_prompt(full_caption(clip.identity, clip.spec.motion, clip.spec.scene, clip.spec.objects))
+        for t in scn.timesteps:
+            a = acp[t]
+            noisy = a.sqrt() * z + (1 - a).sqrt() * torch.randn(z.shape, generator=gen)
+            ratios = cross_attention_entropy(base.unet, torch.cat([noisy, p], 1).to(base.unet.dtype),
+                                             torch.tensor([t]), text.repeat(scn.frames, 1, 1).to(base.unet.dtype))
+            for layer, r in ratios.items():
+                per.setdefault(layer, {}).setdefault(t, []).append(r)
+    layers = {layer: {str(t): float(np.mean(v)) for t, v in ts.items()} for layer, ts in per.items()}
+    mean = {str(t): float(np.mean([v[str(t)] for v in layers.values()])) for t in scn.timesteps}
+    return {"scenario": asdict(scn), "meta": _meta(base, Judge.load()), "layers": layers, "mean": mean}
 
 
 def _identity_job(scn: IdentityScenario, base_path: str | None, work: Path, k: int, seed: int, ref_scene: str,
@@ -273,7 +319,16 @@ def write_reports(name: str, result: dict, stem: str | None = None) -> tuple[Pat
     lines = [f"# Quality — {name}", "",
              f"{m['date']}, base `{m['base']}` (fingerprint {m['base_fingerprint']}, trained stages: "
              f"{', '.join(m['base_stages']) or 'none'}), judge `{m['judge']}`, torch {m['torch']}.", ""]
-    if name == "base":
+    if name == "attention":
+        ts = [str(t) for t in result["scenario"]["timesteps"]]
+        lines += ["Normalised entropy of each spatial cross-attention's weights over the text tokens, mean over "
+                  "pixels, heads, frames and clips (1 = uniform: every pixel reads the same mix of the text; "
+                  "0 = one token per pixel); the base's full captions.", "",
+                  "| layer | " + " | ".join(f"t = {t}" for t in ts) + " |", "|---" * (len(ts) + 1) + "|"]
+        for layer, v in result["layers"].items():
+            lines.append(f"| {layer} | " + " | ".join(f"{v[t]:.3f}" for t in ts) + " |")
+        lines.append("| **mean** | " + " | ".join(f"**{result['mean'][t]:.3f}**" for t in ts) + " |")
+    elif name == "base":
         lines += ["| metric | generated (mean ± sd) | ground-truth ceiling |", "|---|---|---|"]
         for k in METRICS:
             if k != "background_leakage":
@@ -304,7 +359,7 @@ def write_reports(name: str, result: dict, stem: str | None = None) -> tuple[Pat
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("report", choices=["base", "identity"])
+    ap.add_argument("report", choices=["base", "identity", "attention"])
     ap.add_argument("--base", default=None, help="bundle to evaluate [the embedded aa-tiny]")
     ap.add_argument("--clips", type=int, default=None)
     ap.add_argument("--identities", type=int, default=None)
@@ -326,6 +381,9 @@ def main(argv=None) -> int:
     if args.report == "base":
         scn = BaseScenario(**{k: given[k] for k in ("clips", "steps", "noise_correlation") if k in given})
         result = run_base(scn, args.base)
+    elif args.report == "attention":
+        scn = AttentionScenario(**{k: given[k] for k in ("clips",) if k in given})
+        result = run_attention(scn, args.base)
     else:
         extra = {k: given[k] for k in ("identities", "steps", "stage1_steps", "stage2_steps", "reference_check")
                  if k in given}

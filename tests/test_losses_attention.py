@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from aa_train.attention import MaskGuidedAttnProcessor, RegionMasks, set_mask_guided_attention
+from aa_train.attention import (CrossAttentionProbe, MaskGuidedAttnProcessor, RegionMasks, cross_attention_entropy,
+                                set_mask_guided_attention)
 from aa_train.losses import background_weakening_loss, latent_masks
 
 
@@ -42,6 +43,7 @@ class _Attn(torch.nn.Module):
     def __init__(self, dim=2):
         super().__init__()
         self.heads, self.group_norm, self.residual_connection, self.rescale_output_factor = 1, None, False, 1.0
+        self.norm_cross = None
         self.to_q = self.to_k = self.to_v = torch.nn.Identity()
         self.to_out = torch.nn.ModuleList([torch.nn.Identity(), torch.nn.Identity()])
 
@@ -93,3 +95,39 @@ def test_w_one_is_plain_attention_and_w_zero_blocks_cross_region(tiny_base):
 def test_bad_weight_rejected():
     with pytest.raises(ValueError, match="0 ≤ w ≤ 1"):
         MaskGuidedAttnProcessor(RegionMasks(), 1.5)
+
+
+def test_cross_attention_probe_entropy_against_hand_computed_weights():
+    """Normalised entropy of softmax(q·k/√d) over the text tokens; identical keys give exactly uniform weights (1)."""
+    x = torch.tensor([[[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]]])  # 3 queries
+    text = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [2.0, -1.0], [0.5, 0.5]]])  # 4 tokens
+    probe = CrossAttentionProbe()
+    out = probe(_Attn(), x, text)
+    weights = (x[0] @ text[0].T / math.sqrt(2)).softmax(-1)
+    torch.testing.assert_close(out[0], weights @ text[0], atol=1e-6, rtol=1e-6)
+    ref = float(-(weights * weights.log()).sum(-1).mean() / math.log(4))
+    assert probe.ratios == [pytest.approx(ref, abs=1e-6)]
+    probe(_Attn(), x, torch.ones(1, 4, 2))
+    assert probe.ratios[1] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_cross_attention_entropy_probes_spatial_attn2_and_keeps_the_output(tiny_base):
+    import copy
+
+    unet = copy.deepcopy(tiny_base.unet)
+    g = torch.Generator().manual_seed(0)
+    x, text = torch.randn(2, 8, 1, 16, 16, generator=g), torch.randn(2, 32, 64, generator=g)
+    before = dict(unet.attn_processors)
+    with torch.no_grad():
+        plain = unet(x, 30, encoder_hidden_states=text).sample
+    ratios = cross_attention_entropy(unet, x, torch.tensor(30), text)
+    assert ratios and all("attn2" in n and "motion_modules" not in n for n in ratios)
+    assert len(ratios) == sum(1 for n in before if "attn2" in n and "motion_modules" not in n)
+    assert all(0.0 < r <= 1.0 for r in ratios.values())
+    assert {n: type(p) for n, p in unet.attn_processors.items()} == {n: type(p) for n, p in before.items()}
+    # the probe changes nothing: the same forward with the probes in place gives the plain output
+    probes = {n: (CrossAttentionProbe() if n.removesuffix(".processor") in ratios else p) for n, p in before.items()}
+    unet.set_attn_processor(probes)
+    with torch.no_grad():
+        probed = unet(x, 30, encoder_hidden_states=text).sample
+    torch.testing.assert_close(probed, plain, atol=1e-5, rtol=1e-5)

@@ -62,3 +62,19 @@ def test_reference_check_scores_the_reference_video(quality, tiny_bundle, tmp_pa
     assert text.count("| id_accuracy |") == 2
     _, md = quality.write_reports("identity", plain, "p")
     assert "On the reference video itself" not in md.read_text()
+
+
+def test_attention_report_probes_every_spatial_cross_attention(quality, tiny_bundle, tmp_path, monkeypatch):
+    """`quality.py attention`: one normalised entropy per spatial attn2 layer and noise level, in (0, 1]; the mean
+    row is the mean of the layers; the same scenario gives the same numbers."""
+    scn = quality.AttentionScenario(clips=1, frames=2, timesteps=(900, 100))
+    result = quality.run_attention(scn, str(tiny_bundle))
+    layers = result["layers"]
+    assert len(layers) == 11 and all("attn2" in n and "motion_modules" not in n for n in layers)  # aa-tiny's shape
+    assert all(0.0 < v <= 1.0 for per_t in layers.values() for v in per_t.values())
+    for t in ("900", "100"):
+        assert result["mean"][t] == pytest.approx(np.mean([v[t] for v in layers.values()]), abs=1e-12)
+    assert quality.run_attention(scn, str(tiny_bundle))["layers"] == layers
+    monkeypatch.setattr(quality, "RESULTS", tmp_path / "results")
+    _, md = quality.write_reports("attention", result, "a")
+    assert md.read_text().count("attn2 |") == 11
