@@ -56,18 +56,26 @@ class MaskGuidedAttnProcessor:
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
         n, tokens, _ = hidden_states.shape
-        q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
-        head = k.shape[-1] // attn.heads
-        q, k, v = (x.view(n, -1, attn.heads, head).transpose(1, 2) for x in (q, k, v))  # (N, heads, L, d)
+        q, k, v = (_split_heads(x, attn.heads)
+                   for x in (attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)))
         bias = self.regions.bias(tokens, self.weight, q.dtype, q.device)
         if bias is not None and bias.shape[0] != n:
             raise ValueError(f"region masks for {bias.shape[0]} samples, attention batch is {n}")
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        out = out.transpose(1, 2).reshape(n, -1, attn.heads * head).to(q.dtype)
-        out = attn.to_out[1](attn.to_out[0](out))
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
+        return _project_out(attn, F.scaled_dot_product_attention(q, k, v, attn_mask=bias), residual)
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(N, L, heads·d) → (N, heads, L, d)."""
+    return x.view(x.shape[0], -1, heads, x.shape[-1] // heads).transpose(1, 2)
+
+
+def _project_out(attn, out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """Attention output (N, heads, L, d) → the processor's result: heads merged, to_out, residual, rescale."""
+    n, heads, _, head = out.shape
+    out = attn.to_out[1](attn.to_out[0](out.transpose(1, 2).reshape(n, -1, heads * head)))
+    if attn.residual_connection:
+        out = out + residual
+    return out / attn.rescale_output_factor
 
 
 def set_mask_guided_attention(unet, weight: float) -> RegionMasks:
@@ -101,19 +109,12 @@ class CrossAttentionProbe:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
         if attn.norm_cross:
             encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        n = hidden_states.shape[0]
-        q = attn.to_q(hidden_states)
-        k, v = attn.to_k(encoder_hidden_states), attn.to_v(encoder_hidden_states)
-        head = k.shape[-1] // attn.heads
-        q, k, v = (x.view(n, -1, attn.heads, head).transpose(1, 2) for x in (q, k, v))  # (N, heads, L, d)
-        weights = (q @ k.transpose(-1, -2) * head ** -0.5).softmax(-1)  # (N, heads, L, T)
+        q = _split_heads(attn.to_q(hidden_states), attn.heads)  # (N, heads, L, d)
+        k, v = (_split_heads(f(encoder_hidden_states), attn.heads) for f in (attn.to_k, attn.to_v))
+        weights = (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(-1)  # (N, heads, L, T)
         entropy = -(weights * weights.clamp_min(1e-30).log()).sum(-1)
         self.ratios.append(float(entropy.mean() / math.log(weights.shape[-1])))
-        out = (weights @ v).transpose(1, 2).reshape(n, -1, attn.heads * head).to(q.dtype)
-        out = attn.to_out[1](attn.to_out[0](out))
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
+        return _project_out(attn, weights @ v, residual)
 
 
 @torch.no_grad()

@@ -66,17 +66,6 @@ class IdentityScenario:
         return {scene for scene, _ in self.targets}
 
 
-VARIANTS = {  # ablations: what each changes in the identity job
-    "full": {},
-    "no-bw-loss": {"bw_alpha": 1.0},
-    "no-mask-attention": {"mask_attention_weight": 1.0},
-    "one-stage": {"stage1_steps": 0, "stage2_steps": "total"},
-    "single-frame": {"single_frame": True},
-    "full-attn2": {"full_attn2": True},
-    "kv-only": {"lora_targets": ("to_k", "to_v")},  # LoRA on the text-side projections only (Custom Diffusion)
-    # prior samples also from the class caption in the scenes that are neither the reference's nor a target's
-    "prior-scenes": {"prior_prompts": "other scenes"},
-}
 @dataclass(frozen=True)
 class AttentionScenario:
     """How evenly the base's spatial cross-attention spreads each pixel's weight over the text tokens, on eval clips
@@ -88,6 +77,17 @@ class AttentionScenario:
     seed: int = 2024
 
 
+VARIANTS = {  # ablations: what each changes in the identity job
+    "full": {},
+    "no-bw-loss": {"bw_alpha": 1.0},
+    "no-mask-attention": {"mask_attention_weight": 1.0},
+    "one-stage": {"stage1_steps": 0, "stage2_steps": "total"},
+    "single-frame": {"single_frame": True},
+    "full-attn2": {"full_attn2": True},
+    "kv-only": {"lora_targets": ("to_k", "to_v")},  # LoRA on the text-side projections only (Custom Diffusion)
+    # prior samples also from the class caption in the scenes that are neither the reference's nor a target's
+    "prior-scenes": {"prior_prompts": "other scenes"},
+}
 # Columns without training: the rendered target clip (ceiling), the base from the class caption (floor) and the base
 # from the person's full written appearance (description: what the base can draw of this person from text alone).
 REFERENCE_BUCKETS = ("ceiling", "floor", "description")
@@ -300,6 +300,14 @@ def _fmt(s) -> str:
     return "—" if s is None else f"{s['mean']:.3f} ± {s['std']:.3f}"
 
 
+def _metric_lines(summary: dict[str, dict], skip: tuple[str, ...] = ()) -> list[str]:
+    """Markdown rows: one per metric (METRICS less `skip`), one column per bucket of `summary` (bucket → metric)."""
+    cols = list(summary)
+    lines = ["| metric | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    return lines + [f"| {k} | " + " | ".join(_fmt(summary[c][k]) for c in cols) + " |"
+                    for k in METRICS if k not in skip]
+
+
 def _attribute_lines(table: dict[str, dict[str, float | None]]) -> list[str]:
     """Markdown rows: one per attribute, one column per bucket of `table` (bucket → attribute → accuracy)."""
     cols = list(table)
@@ -335,10 +343,7 @@ def write_reports(name: str, result: dict, stem: str | None = None) -> tuple[Pat
                 lines.append(f"| {k} | {_fmt(result['generated'][k])} | {_fmt(result['ceiling'][k])} |")
         lines += _attribute_lines(result["attributes"])
     else:
-        cols = list(result["summary"])
-        lines += ["| metric | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-        for k in METRICS:
-            lines.append(f"| {k} | " + " | ".join(_fmt(result["summary"][c][k]) for c in cols) + " |")
+        lines += _metric_lines(result["summary"])
         lines += ["", "Train seconds per identity: " + ", ".join(f"{k} {v:.0f}" for k, v in result["train_seconds"].items()),
                   "", "ceiling: the rendered target clips; floor: the base from the class caption; description: the "
                   "base from the person's full written appearance; the rest: adapters (`VARIANTS` in quality.py)."]
@@ -346,11 +351,8 @@ def write_reports(name: str, result: dict, stem: str | None = None) -> tuple[Pat
         if "on_reference" in result:
             ref = result["on_reference"]
             lines += ["", "On the reference video itself (its scene, poses and caption: the training conditions; "
-                      "no leakage to measure):", "", "| metric | " + " | ".join(ref["summary"]) + " |",
-                      "|---" * (len(ref["summary"]) + 1) + "|"]
-            for k in METRICS:
-                if k != "background_leakage":
-                    lines.append(f"| {k} | " + " | ".join(_fmt(v[k]) for v in ref["summary"].values()) + " |")
+                      "no leakage to measure):", ""]
+            lines += _metric_lines(ref["summary"], skip=("background_leakage",))
             lines += _attribute_lines(ref["attributes"])
     lines += ["", f"Scenario: `{json.dumps(result['scenario'])}`"]
     plain = json.loads(json.dumps(result, default=str))  # paths and numpy scalars as JSON values

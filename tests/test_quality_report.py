@@ -1,6 +1,7 @@
 """benchmarks/quality.py identity on a random tiny base: the reference check scores the reference video itself."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -35,8 +36,7 @@ def test_reference_check_scores_the_reference_video(quality, tiny_bundle, tmp_pa
     scn = quality.IdentityScenario(identities=1, variants=("full",), stage1_steps=2, stage2_steps=1, steps=2,
                                    reference_frames=8, frames=8, reference_check=True)
     checked = quality.run_identity(scn, str(tiny_bundle), tmp_path / "a")
-    plain = quality.run_identity(quality.IdentityScenario(**{**scn.__dict__, "reference_check": False}),
-                                 str(tiny_bundle), tmp_path / "b")
+    plain = quality.run_identity(dataclasses.replace(scn, reference_check=False), str(tiny_bundle), tmp_path / "b")
 
     ref_summary = checked["on_reference"]["summary"]
     assert list(ref_summary) == ["ceiling", "floor", "description", "full"]
