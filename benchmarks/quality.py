@@ -87,6 +87,7 @@ VARIANTS = {  # ablations: what each changes in the identity job
     "kv-only": {"lora_targets": ("to_k", "to_v")},  # LoRA on the text-side projections only (Custom Diffusion)
     # prior samples also from the class caption in the scenes that are neither the reference's nor a target's
     "prior-scenes": {"prior_prompts": "other scenes"},
+    "no-prior": {"prior_weight": 0.0},  # no prior preservation: instance loss only
 }
 # Columns without training: the rendered target clip (ceiling), the base from the class caption (floor) and the base
 # from the person's full written appearance (description: what the base can draw of this person from text alone).
@@ -193,6 +194,21 @@ def run_attention(scn: AttentionScenario, base_path: str | None) -> dict:
     return {"scenario": asdict(scn), "meta": _meta(base, Judge.load()), "layers": layers, "mean": mean}
 
 
+def variant_settings(scn: IdentityScenario, variant: str, class_word: str, ref_scene: str) -> dict:
+    """The identity job's settings for one variant: the scenario's steps, then VARIANTS' changes with their
+    placeholders filled in."""
+    from aa_world.captions import class_caption
+    from aa_world.scenes import SCENES
+
+    changes = dict(VARIANTS[variant])
+    if changes.get("stage2_steps") == "total":
+        changes["stage2_steps"] = scn.stage1_steps + scn.stage2_steps
+    if changes.get("prior_prompts") == "other scenes":  # held out: no target scene is in the prior either
+        changes["prior_prompts"] = tuple(class_caption(class_word, scn.reference_motion, s) for s in SCENES
+                                         if s != ref_scene and s not in scn.target_scenes)
+    return {"stage1_steps": scn.stage1_steps, "stage2_steps": scn.stage2_steps} | changes
+
+
 def _identity_job(scn: IdentityScenario, base_path: str | None, work: Path, k: int, seed: int, ref_scene: str,
                   threads: int = 1) -> tuple[dict[str, list[dict]], dict[str, float], dict[str, list[dict]]]:
     """One identity: reference video → every variant's adapter → generations in the target scenes, all scored.
@@ -205,7 +221,6 @@ def _identity_job(scn: IdentityScenario, base_path: str | None, work: Path, k: i
     from aa_world.clips import ClipSpec, render_clip, write_clip
     from aa_world.judge import Judge
     from aa_world.metrics import score_video
-    from aa_world.scenes import SCENES
 
     torch.set_num_threads(threads)
     base = load_base(base_path)
@@ -241,16 +256,9 @@ def _identity_job(scn: IdentityScenario, base_path: str | None, work: Path, k: i
     score(plain, lambda c: class_caption(cls, c.spec.motion, c.spec.scene), "floor")
     score(plain, lambda c: full_caption(c.identity, c.spec.motion, c.spec.scene), "description")
     for variant in scn.variants:
-        changes = dict(VARIANTS[variant])
-        if changes.get("stage2_steps") == "total":
-            changes["stage2_steps"] = scn.stage1_steps + scn.stage2_steps
-        if changes.get("prior_prompts") == "other scenes":  # held out: no target scene is in the prior either
-            changes["prior_prompts"] = tuple(class_caption(cls, scn.reference_motion, s) for s in SCENES
-                                             if s != ref_scene and s not in scn.target_scenes)
         cfg = IdentityTrainConfig(video=ref_path, name="me", class_word=cls, base=base_path,
                                   output=work / f"id{k}" / f"{variant}.safetensors", cache_dir=work / "cache",
-                                  **({"stage1_steps": scn.stage1_steps, "stage2_steps": scn.stage2_steps}
-                                     | changes), preview=False)
+                                  **variant_settings(scn, variant, cls, ref_scene), preview=False)
         t0 = time.time()
         result = train_identity(cfg, log=lambda m: print(f"[id{k} {variant}] {m}", file=sys.stderr))
         timings[variant] = time.time() - t0

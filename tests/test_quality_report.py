@@ -78,3 +78,24 @@ def test_attention_report_probes_every_spatial_cross_attention(quality, tiny_bun
     monkeypatch.setattr(quality, "RESULTS", tmp_path / "results")
     _, md = quality.write_reports("attention", result, "a")
     assert md.read_text().count("attn2 |") == 11
+
+
+def test_every_variant_gives_a_valid_identity_job(quality, tmp_path):
+    """Each ablation in VARIANTS builds an IdentityTrainConfig (no setting the config refuses), and the
+    placeholders resolve: `prior-scenes` holds out the reference's and the targets' scenes, `no-prior` turns the
+    prior off."""
+    from aa_train.identity import IdentityTrainConfig
+    from aa_world.scenes import SCENES
+
+    scn = quality.IdentityScenario(identities=1, stage1_steps=240, stage2_steps=80)
+    ref_scene = next(s for s in SCENES if s not in scn.target_scenes)
+    configs = {v: IdentityTrainConfig(video=tmp_path / "ref.mp4", name="me", class_word="woman",
+                                      output=tmp_path / f"{v}.safetensors",
+                                      **quality.variant_settings(scn, v, "woman", ref_scene))
+               for v in quality.VARIANTS}
+    assert (configs["full"].stage1_steps, configs["full"].stage2_steps, configs["full"].prior_weight) == (240, 80, 1.0)
+    assert configs["no-prior"].prior_weight == 0 and not configs["no-prior"].prior_prompts
+    held_out = {ref_scene, *scn.target_scenes}
+    prompts = configs["prior-scenes"].prior_prompts
+    assert len(prompts) == len(SCENES) - len(held_out)
+    assert not any(s in p for p in prompts for s in held_out)
