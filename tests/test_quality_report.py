@@ -82,8 +82,8 @@ def test_attention_report_probes_every_spatial_cross_attention(quality, tiny_bun
 
 def test_every_variant_gives_a_valid_identity_job(quality, tmp_path):
     """Each ablation in VARIANTS builds an IdentityTrainConfig (no setting the config refuses), and the
-    placeholders resolve: `prior-scenes` holds out the reference's and the targets' scenes, `no-prior` turns the
-    prior off."""
+    placeholders resolve: `one-stage` trains all steps on clips, `prior-scenes` holds out the reference's and the
+    targets' scenes, `no-prior` turns the prior off."""
     from aa_train.identity import IdentityTrainConfig
     from aa_world.scenes import SCENES
 
@@ -94,6 +94,7 @@ def test_every_variant_gives_a_valid_identity_job(quality, tmp_path):
                                       **quality.variant_settings(scn, v, "woman", ref_scene))
                for v in quality.VARIANTS}
     assert (configs["full"].stage1_steps, configs["full"].stage2_steps, configs["full"].prior_weight) == (240, 80, 1.0)
+    assert (configs["one-stage"].stage1_steps, configs["one-stage"].stage2_steps) == (0, 320)  # "total"
     assert configs["no-prior"].prior_weight == 0 and not configs["no-prior"].prior_prompts
     held_out = {ref_scene, *scn.target_scenes}
     prompts = configs["prior-scenes"].prior_prompts
