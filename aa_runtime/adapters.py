@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -14,12 +15,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .errors import AAError, atomic_path
+from .errors import AAError, atomic_path, short_repr
 
 ADAPTER_FORMAT = "aa-adapter/1"
 METADATA_KEY = "aa_adapter"
 DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"  # read by diffusers' load_lora_weights for rank/alpha
 ATTN2_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # what LoRA tensors may be
 
 
 def spatial_attn2_pattern(projections=ATTN2_PROJECTIONS) -> str:
@@ -103,8 +105,35 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _check_metadata(meta: object, path: Path) -> dict:
+    """The `aa_adapter` document, type- and range-checked before anything reads it."""
+    if not isinstance(meta, dict):
+        raise AAError("adapter metadata", f"{path}: '{METADATA_KEY}' is {type(meta).__name__} {short_repr(meta)}",
+                      "expected a JSON object; re-create the adapter with aa-train identity")
+    if meta.get("format") != ADAPTER_FORMAT:
+        raise AAError("adapter format", f"{path}: {short_repr(meta.get('format'))}", f"expected {ADAPTER_FORMAT!r}")
+
+    def bad(key: str, want: str) -> AAError:
+        return AAError(f"adapter metadata {key}", f"{path}: {short_repr(meta.get(key))}" + ("" if key in meta else
+                       " (missing)"), f"{want}; re-create the adapter with aa-train identity")
+
+    rank, alpha = meta.get("rank"), meta.get("alpha")
+    if not (isinstance(rank, int) and not isinstance(rank, bool) and 1 <= rank <= 4096):
+        raise bad("rank", "expected an integer from 1 to 4096")
+    if not (isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and 0 < alpha < math.inf):
+        raise bad("alpha", "expected a positive finite number")
+    for key in ("identifier", "class_word", "base_fingerprint"):
+        if not isinstance(meta.get(key, ""), str):
+            raise bad(key, "expected a string")
+    bones = meta.get("bone_lengths")
+    if bones is not None and not (isinstance(bones, list) and len(bones) == 17 and all(
+            v is None or isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1e6 for v in bones)):
+        raise bad("bone_lengths", "expected null or 17 positive bone lengths (null for a bone never seen)")
+    return meta
+
+
 def load_adapter(path: str | Path) -> Adapter:
-    """Read and validate an adapter file."""
+    """Read and validate an adapter file: metadata, tensor names, dtypes, shapes and values."""
     path = Path(path)
     if not path.is_file():
         raise AAError("adapter", f"{path} does not exist", "pass the .safetensors written by aa-train identity")
@@ -112,31 +141,35 @@ def load_adapter(path: str | Path) -> Adapter:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise AAError("adapter", f"{path} is not a readable safetensors file ({str(e)[:80]})",
+    except (SafetensorError, OSError, ValueError, TypeError) as e:
+        raise AAError("adapter", f"{path} is not a readable safetensors file ({str(e)[:80]!r})",
                       "re-create it with aa-train identity") from None
     if METADATA_KEY not in header:
         raise AAError("adapter", f"{path} has no '{METADATA_KEY}' metadata",
                       "this is not an AnimateAnywhere identity adapter; re-create it with aa-train identity")
     try:
         meta = json.loads(header[METADATA_KEY])
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise AAError("adapter metadata", f"{path}: '{METADATA_KEY}' is not JSON", "re-create the adapter") from None
-    if meta.get("format") != ADAPTER_FORMAT:
-        raise AAError("adapter format", f"{path}: {meta.get('format')!r}", f"expected {ADAPTER_FORMAT!r}")
+    rank = _check_metadata(meta, path)["rank"]
     lora_A, lora_B = {}, {}
     for key, t in tensors.items():
         m = _TENSOR_NAME.match(key)
         if not m:
             raise AAError("adapter tensor", f"{path}: unexpected tensor {key!r}",
                           "adapters hold only unet.<module>.lora_A/B.weight tensors")
+        if t.dtype not in FLOAT_DTYPES or t.ndim != 2:
+            raise AAError("adapter tensor", f"{path}: {key} is {str(t.dtype).removeprefix('torch.')} "
+                          f"{tuple(t.shape)}", "expected a 2-D float16/bfloat16/float32/float64 matrix")
+        if not torch.isfinite(t).all():
+            raise AAError("adapter tensor", f"{path}: {key} holds NaN or inf", "the adapter is broken; re-train it")
         (lora_A if m["ab"] == "A" else lora_B)[m["module"]] = t
     if set(lora_A) != set(lora_B) or not lora_A:
         raise AAError("adapter", f"{path}: A/B tensors do not pair up", "re-create the adapter")
     for name in lora_A:
-        if lora_A[name].shape[0] != meta["rank"] or lora_B[name].shape[1] != meta["rank"]:
+        if lora_A[name].shape[0] != rank or lora_B[name].shape[1] != rank:
             raise AAError("adapter", f"{path}: {name} shapes {tuple(lora_A[name].shape)}/{tuple(lora_B[name].shape)} "
-                          f"do not match rank {meta['rank']}", "re-create the adapter")
+                          f"do not match rank {rank}", "re-create the adapter")
     return Adapter(path, lora_A, lora_B, meta, _file_sha256(path))
 
 
@@ -163,6 +196,14 @@ def merge_adapter(unet: torch.nn.Module, adapter: Adapter, *, base_fingerprint: 
     if missing:
         raise AAError("adapter", f"{adapter.path}: {len(missing)} target modules not in this UNet (e.g. {missing[0]})",
                       "use an adapter trained for this base architecture")
+    for name in adapter.lora_A:  # B A must have the shape (out, in) of the layer's weight
+        layer = modules[name]
+        got = (adapter.lora_B[name].shape[0], adapter.lora_A[name].shape[1])
+        if not isinstance(layer, torch.nn.Linear) or got != tuple(layer.weight.shape):
+            have = f"{layer.out_features}x{layer.in_features}" if isinstance(layer, torch.nn.Linear) else \
+                type(layer).__name__
+            raise AAError("adapter", f"{adapter.path}: {name} is {got[0]}x{got[1]}, this UNet's layer is {have}",
+                          "use an adapter trained for this base architecture")
     attach_lora(unet, adapter.rank, adapter.alpha, sorted(adapter.lora_A), adapter_name)
     state = {}
     for name in adapter.lora_A:

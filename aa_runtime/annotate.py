@@ -4,6 +4,9 @@
 carries its pose and selfie-segmentation models; legacy `solutions` API, model_complexity=1)."""
 from __future__ import annotations
 
+import contextlib
+import io
+
 import numpy as np
 
 from .errors import AAError
@@ -14,6 +17,15 @@ MEDIAPIPE_TO_OPENPOSE = {
     11: 23, 12: 25, 13: 27, 14: 5, 15: 2, 16: 8, 17: 7,
 }
 VISIBILITY_MIN = 0.5
+
+
+def import_mediapipe():
+    """Import mediapipe without the line its bindings print to stderr on import with protobuf ≥ 5
+    ("AttributeError: 'MessageFactory' object has no attribute 'GetPrototype'"; harmless, but the CLIs promise
+    one line on stderr). A failed import still raises ImportError."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        import mediapipe
+    return mediapipe
 
 
 def mediapipe_to_openpose(landmarks: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -34,6 +46,7 @@ def detect_poses(frames: np.ndarray, backend: str = "mediapipe") -> np.ndarray:
     if backend != "mediapipe":
         raise AAError("pose backend", repr(backend), "the runtime extracts poses with 'mediapipe' "
                       "(aa-train identity also offers 'dwpose' and 'sidecar')")
+    import_mediapipe()
     from mediapipe.python.solutions import pose as mp_pose
 
     h, w = frames.shape[1:3]
@@ -51,6 +64,7 @@ def segment_people(frames: np.ndarray, backend: str = "mediapipe", threshold: fl
     """uint8 (F, H, W, 3) → bool (F, H, W) person masks (MediaPipe selfie segmentation, general model)."""
     if backend != "mediapipe":
         raise AAError("mask backend", repr(backend), "use 'mediapipe' here ('sam' lives in aa-train identity)")
+    import_mediapipe()
     from mediapipe.python.solutions import selfie_segmentation as mp_seg
 
     out = np.zeros(frames.shape[:3], dtype=bool)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -59,6 +60,17 @@ class RunConfig:
             raise AAError("device", self.device, "use auto, cpu, cuda or cuda:N")
         if self.dtype not in DTYPES:
             raise AAError("dtype", self.dtype, f"use one of {', '.join(DTYPES)}")
+        # numbers given on the command line are checked as given: 0 is refused, never read as "the default"
+        for flag, v, lo, fix in (("frames", self.frames, 1, "use 1 or more frames, e.g. --frames 16"),
+                                 ("steps", self.steps, 1, "use 1 or more denoising steps, e.g. --steps 25"),
+                                 ("height", self.height, 1, "use a positive height in pixels, e.g. --height 64"),
+                                 ("width", self.width, 1, "use a positive width in pixels, e.g. --width 64"),
+                                 ("window", self.window, 1, "use 1 or more frames per window, e.g. --window 16"),
+                                 ("overlap", self.overlap, 0, "use 0 or more frames, less than --window")):
+            if v is not None and v < lo:
+                raise AAError(flag, v, fix)
+        if self.fps is not None and not (math.isfinite(self.fps) and self.fps > 0):
+            raise AAError("fps", self.fps, "use a positive frame rate, e.g. --fps 8")
 
 
 def resolve_device(device: str, dtype: str):
@@ -102,13 +114,14 @@ def run(cfg: RunConfig) -> dict[str, Path]:
 
         pipe.set_backend(make_backend(cfg.backend, pipe.unet, onnx_path=cfg.onnx, device=device))
     d = base.defaults
-    width, height = cfg.width or d.width, cfg.height or d.height
-    fps = cfg.fps or (pose_seq.fps if pose_seq is not None else d.fps)
+    width = d.width if cfg.width is None else cfg.width
+    height = d.height if cfg.height is None else cfg.height
+    fps = cfg.fps if cfg.fps is not None else pose_seq.fps if pose_seq is not None else d.fps
     if pose_seq is None:
-        frames = cfg.frames or d.frames
+        frames = d.frames if cfg.frames is None else cfg.frames
         pose_seq = motion_poses(cfg.motion, frames, fps, width, height)
     else:
-        frames = cfg.frames or max(1, round(pose_seq.frames / pose_seq.fps * fps))
+        frames = cfg.frames if cfg.frames is not None else max(1, round(pose_seq.frames / pose_seq.fps * fps))
     out = pipe(cfg.prompt, pose_seq, negative_prompt=cfg.negative_prompt, num_frames=frames, fps=fps,
                height=height, width=width, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance,
                scheduler=cfg.scheduler, seed=cfg.seed, window=cfg.window, overlap=cfg.overlap,
@@ -122,11 +135,12 @@ def run(cfg: RunConfig) -> dict[str, Path]:
     written["preview"] = write_video(Path(f"{stem}.preview.mp4"), side_by_side(out.pose_frames, out.frames), fps)
     sidecar = {
         "prompt": cfg.prompt, "negative_prompt": cfg.negative_prompt, "seed": cfg.seed,
-        "steps": cfg.steps or d.steps, "scheduler": cfg.scheduler or d.scheduler,
+        "steps": d.steps if cfg.steps is None else cfg.steps, "scheduler": cfg.scheduler or d.scheduler,
         "guidance": d.guidance if cfg.guidance is None else cfg.guidance,
         "frames": int(out.frames.shape[0]), "fps": fps, "width": width, "height": height,
         "noise_correlation": d.noise_correlation if cfg.noise_correlation is None else cfg.noise_correlation,
-        "window": cfg.window or d.window, "overlap": d.overlap if cfg.overlap is None else cfg.overlap,
+        # the windows the sampler ran (a --window longer than the clip runs as one window of the clip's length)
+        "window": out.window, "overlap": out.overlap, "windows": [list(w) for w in out.windows],
         "pose_source": cfg.pose or f"motion:{cfg.motion}", "pose_fit": cfg.pose_fit,
         "base": base.source, "base_fingerprint": base.fingerprint,
         "adapter": str(cfg.adapter) if cfg.adapter else None,

@@ -27,6 +27,12 @@ class MissingDependencyError(AAError):
         )
 
 
+def short_repr(value: object, limit: int = 60) -> str:
+    """repr of a value read from a file, cut to a short piece of one line for an error message."""
+    r = repr(value)
+    return r if len(r) <= limit else r[: limit - 1] + "…"
+
+
 def require_file(path: str | os.PathLike, what: str, fix: str) -> Path:
     """Return `path` as a Path, or raise AAError if it is not an existing file."""
     p = Path(path)

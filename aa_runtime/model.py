@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .errors import AAError, atomic_dir
+from .errors import AAError, atomic_dir, short_repr
+from .schedulers import SCHEDULERS, make_scheduler
 from .tokenizer import load_clip_tokenizer, train_clip_tokenizer
 
 BUNDLE_FORMAT = "aa-bundle/1"
@@ -48,6 +50,22 @@ class SampleDefaults:
     window: int = 16
     overlap: int = 4
     noise_correlation: float = 0.0  # share of the initial noise common to all frames (0 = independent)
+
+    def __post_init__(self):
+        def number(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        for name, lo in (("width", 1), ("height", 1), ("frames", 1), ("steps", 1), ("window", 1), ("overlap", 0)):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and not isinstance(v, bool) and v >= lo):
+                raise AAError(f"sample default {name}", short_repr(v), f"use an integer ≥ {lo}")
+        for name in ("fps", "guidance"):
+            if not (number(getattr(self, name)) and getattr(self, name) > 0):
+                raise AAError(f"sample default {name}", short_repr(getattr(self, name)), "use a positive number")
+        if not (number(self.noise_correlation) and 0 <= self.noise_correlation < 1):
+            raise AAError("sample default noise_correlation", short_repr(self.noise_correlation), "use 0 ≤ ρ < 1")
+        if self.scheduler not in SCHEDULERS:
+            raise AAError("sample default scheduler", short_repr(self.scheduler), f"use one of {', '.join(SCHEDULERS)}")
 
 
 @dataclass
@@ -126,7 +144,12 @@ def _load_weights(file: Path, what: str, fix: str) -> dict[str, torch.Tensor]:
 
 def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, file: Path) -> None:
     """load_state_dict that tolerates only known-optional keys and names what does not fit."""
-    result = module.load_state_dict(state, strict=False)
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # size mismatches are raised even with strict=False
+        first = next((ln.strip() for ln in str(e).splitlines() if "mismatch" in ln), str(e).splitlines()[0])
+        raise AAError(what, f"{file} does not fit the model config: {first[:160]}",
+                      "check that the weights and config.json come from the same model") from None
     missing = [k for k in result.missing_keys if not k.endswith(_OPTIONAL_MISSING)]
     unexpected = [k for k in result.unexpected_keys if not k.endswith(_IGNORABLE_UNEXPECTED)]
     if missing or unexpected:
@@ -137,14 +160,33 @@ def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], w
                       "check that the weights and config.json come from the same model")
 
 
-def _read_config(folder: Path, what: str, fix: str) -> dict:
-    cfg = folder / "config.json"
-    if not cfg.is_file():
-        raise AAError(what, f"{cfg} is missing", fix)
+def _read_json(file: Path, what: str, fix: str) -> dict:
+    """A JSON object from `file`, with one-line errors when it is missing, unreadable, not JSON or not an object."""
+    if not file.is_file():
+        raise AAError(what, f"{file} is missing", fix)
     try:
-        return json.loads(cfg.read_text())
+        doc = json.loads(file.read_text())
     except json.JSONDecodeError as e:
-        raise AAError(what, f"{cfg} is not valid JSON ({e.msg})", fix) from None
+        raise AAError(what, f"{file} is not valid JSON ({e.msg})", fix) from None
+    except (UnicodeDecodeError, RecursionError, OSError) as e:
+        raise AAError(what, f"{file} is not valid JSON ({type(e).__name__})", fix) from None
+    if not isinstance(doc, dict):
+        raise AAError(what, f"{file} holds a JSON {type(doc).__name__}, not an object", fix)
+    return doc
+
+
+def _read_config(folder: Path, what: str, fix: str) -> dict:
+    return _read_json(folder / "config.json", what, fix)
+
+
+def _build(make, what: str, file: Path, fix: str):
+    """`make()` builds a library object from the contents of `file`; whatever a wrong value there makes the library
+    raise (TypeError, ValueError, KeyError, its own Exception subclasses, bare Exception) is the file's fault."""
+    try:
+        return make()
+    except Exception as e:
+        detail = str(e).strip().splitlines()[0][:100] if str(e).strip() else ""
+        raise AAError(what, f"{file} is not usable ({type(e).__name__}: {detail})", fix) from None
 
 
 def _weights_file(folder: Path, names: tuple[str, ...], what: str, fix: str) -> Path:
@@ -157,7 +199,7 @@ def _weights_file(folder: Path, names: tuple[str, ...], what: str, fix: str) -> 
 def _load_diffusers_model(cls, folder: Path, what: str, fix: str):
     """Build a diffusers model from its config.json and load its weights strictly."""
     config = _read_config(folder, what, fix)
-    model = cls.from_config(config)
+    model = _build(lambda: cls.from_config(config), what, folder / "config.json", fix)
     file = _weights_file(folder, ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"), what, fix)
     load_state_strict(model, _load_weights(file, what, fix), what, file)
     return model
@@ -167,10 +209,15 @@ def _load_text_encoder(folder: Path, fix: str):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     what = "text encoder"
-    config = CLIPTextConfig.from_dict(_read_config(folder, what, fix))
-    model = CLIPTextModel(config)
+    config = _read_config(folder, what, fix)
+    model = _build(lambda: CLIPTextModel(CLIPTextConfig.from_dict(config)), what, folder / "config.json", fix)
     file = _weights_file(folder, ("model.safetensors", "pytorch_model.bin"), what, fix)
     load_state_strict(model, _load_weights(file, what, fix), what, file)
+    # some config values (eos_token_id, layer_norm_eps, a negative head count) fail or give NaN only when run
+    with torch.no_grad():
+        out = _build(lambda: model(torch.zeros(1, 2, dtype=torch.long))[0], what, folder / "config.json", fix)
+    if not torch.isfinite(out).all():
+        raise AAError(what, f"{folder / 'config.json'} gives a text encoder whose output is not finite", fix)
     return model
 
 
@@ -178,14 +225,16 @@ def _load_tokenizer(folder: Path, fix: str):
     for name in ("vocab.json", "merges.txt"):
         if not (folder / name).is_file():
             raise AAError("tokenizer", f"{folder / name} is missing", fix)
-    return load_clip_tokenizer(folder)
+    return _build(lambda: load_clip_tokenizer(folder), "tokenizer", folder, fix)
 
 
-def _scheduler_config(folder: Path) -> dict:
-    file = folder / "scheduler_config.json"
-    if not file.is_file():
-        raise AAError("scheduler", f"{file} is missing", "copy scheduler/scheduler_config.json from the model")
-    return json.loads(file.read_text())
+def _scheduler_config(folder: Path, steps: int) -> dict:
+    """The scheduler config, checked by building every scheduler on it for `steps` steps."""
+    file, fix = folder / "scheduler_config.json", "copy scheduler/scheduler_config.json from the model"
+    config = _read_json(file, "scheduler", fix)
+    for name in SCHEDULERS:
+        _build(lambda: make_scheduler(name, config).set_timesteps(steps), "scheduler", file, fix)
+    return config
 
 
 # ----------------------------------------------------------------------------------------- widening
@@ -252,22 +301,50 @@ def load_base(base: str | os.PathLike | None = None, motion_module: str | os.Pat
 def _load_bundle(path: Path) -> BaseModel:
     from diffusers import AutoencoderKL, UNetMotionModel
 
-    manifest = json.loads((path / MANIFEST).read_text())
-    if manifest.get("format") != BUNDLE_FORMAT:
-        raise AAError("bundle manifest", f"{path / MANIFEST}: format {manifest.get('format')!r}",
-                      f"expected {BUNDLE_FORMAT!r}; re-create the bundle")
+    manifest = _read_json(path / MANIFEST, "bundle manifest", "re-create the bundle or restore it")
+    defaults = _check_manifest(manifest, path / MANIFEST)
     fix = "the bundle is incomplete: re-create it or restore it from the repository"
     unet = _load_diffusers_model(UNetMotionModel, path / "unet", "bundle UNet", fix)
     vae = _load_diffusers_model(AutoencoderKL, path / "vae", "bundle VAE", fix)
     text_encoder = _load_text_encoder(path / "text_encoder", fix)
     tokenizer = _load_tokenizer(path / "tokenizer", fix)
+    te = text_encoder.config
+    if not (len(tokenizer) <= te.vocab_size and 2 <= tokenizer.model_max_length <= te.max_position_embeddings):
+        raise AAError("bundle tokenizer", f"{path / 'tokenizer'}: {len(tokenizer)} tokens, {tokenizer.model_max_length}"
+                      f" per prompt; the text encoder takes {te.vocab_size}, {te.max_position_embeddings}", fix)
     fp = fingerprint(unet, vae, text_encoder)
-    if manifest.get("fingerprint") and manifest["fingerprint"] != fp:
+    if manifest["fingerprint"] != fp:
         raise AAError("bundle weights", f"{path}: fingerprint {fp} ≠ manifest {manifest['fingerprint']}",
                       "the weights were changed or corrupted; restore the bundle")
-    defaults = SampleDefaults(**manifest.get("sample", {}))
-    return BaseModel(unet, vae, text_encoder, tokenizer, _scheduler_config(path / "scheduler"), fp,
+    return BaseModel(unet, vae, text_encoder, tokenizer, _scheduler_config(path / "scheduler", defaults.steps), fp,
                      defaults, str(path), manifest)
+
+
+def _check_manifest(manifest: dict, file: Path) -> SampleDefaults:
+    """Check what loading and `BaseModel.trained_stages` read from `aa_bundle.json`; returns its sample defaults."""
+    fix = "re-create the bundle or restore it"
+    if manifest.get("format") != BUNDLE_FORMAT:
+        raise AAError("bundle manifest", f"{file}: format {short_repr(manifest.get('format'))}",
+                      f"expected {BUNDLE_FORMAT!r}; re-create the bundle")
+    if not isinstance(manifest.get("fingerprint"), str):
+        raise AAError("bundle manifest", f"{file}: fingerprint {short_repr(manifest.get('fingerprint'))}",
+                      f"expected the weights' fingerprint (16 hex digits); {fix}")
+    sample = manifest.get("sample", {})
+    if not isinstance(sample, dict) or not set(sample) <= {f.name for f in fields(SampleDefaults)}:
+        raise AAError("bundle manifest", f"{file}: sample {short_repr(sample)}",
+                      f"expected an object of {', '.join(f.name for f in fields(SampleDefaults))}; {fix}")
+    prov = manifest.get("provenance", {})
+    while True:  # each continued bundle's provenance: {stages: [...] or {...}, init: {provenance: ...}}
+        stages = prov.get("stages", []) if isinstance(prov, dict) else None
+        init = prov.get("init") if isinstance(prov, dict) else None
+        if not (isinstance(stages, (list, dict)) and all(isinstance(s, str) for s in stages)
+                and (init is None or isinstance(init, dict))):
+            raise AAError("bundle manifest", f"{file}: provenance {short_repr(prov)}",
+                          f"expected an object with a list of stages and the init bundle's provenance; {fix}")
+        if not (init and init.get("provenance")):
+            break
+        prov = init["provenance"]
+    return SampleDefaults(**sample)
 
 
 def load_motion_adapter(path: str | os.PathLike):
@@ -320,7 +397,7 @@ def load_sd15(folder: Path, motion_module: str | os.PathLike) -> BaseModel:
     defaults = SampleDefaults(width=512, height=512, frames=16, fps=8.0, steps=25, guidance=7.5)
     manifest = {"format": BUNDLE_FORMAT, "name": folder.name, "fingerprint": fp,
                 "provenance": {"sd15": str(folder), "motion_module": str(motion_module)}}
-    return BaseModel(unet, vae, text_encoder, tokenizer, _scheduler_config(folder / "scheduler"), fp,
+    return BaseModel(unet, vae, text_encoder, tokenizer, _scheduler_config(folder / "scheduler", defaults.steps), fp,
                      defaults, str(folder), manifest)
 
 
@@ -400,10 +477,16 @@ def build_random_base(cfg: TinyConfig = TinyConfig(), captions: list[str] | None
                       tokenizer_dir: Path | None = None) -> BaseModel:
     """A complete base with random weights (for tests, and as the start of base training)."""
     torch.manual_seed(seed)
-    tok_dir = Path(tokenizer_dir) if tokenizer_dir else Path(tempfile.mkdtemp(prefix="aa-tok-"))
-    if not (tok_dir / "vocab.json").is_file():
-        train_clip_tokenizer(captions or _DEFAULT_CORPUS, tok_dir, cfg.vocab_size, cfg.max_tokens)
-    tokenizer = load_clip_tokenizer(tok_dir)
+    tok_dir, tok_files = (Path(tokenizer_dir), None) if tokenizer_dir else (None, {})
+    if tok_dir is None:  # trained in a temporary folder, removed at once: save_bundle writes its files from memory
+        with tempfile.TemporaryDirectory(prefix="aa-tok-") as tmp:
+            train_clip_tokenizer(captions or _DEFAULT_CORPUS, tmp, cfg.vocab_size, cfg.max_tokens)
+            tokenizer = load_clip_tokenizer(tmp)
+            tok_files = {f.name: f.read_bytes() for f in Path(tmp).iterdir() if f.is_file()}
+    else:
+        if not (tok_dir / "vocab.json").is_file():
+            train_clip_tokenizer(captions or _DEFAULT_CORPUS, tok_dir, cfg.vocab_size, cfg.max_tokens)
+        tokenizer = load_clip_tokenizer(tok_dir)
     unet = build_unet(cfg)
     vae = build_vae(cfg)
     text_encoder = build_text_encoder(cfg, len(tokenizer), tokenizer.eos_token_id, tokenizer.bos_token_id)
@@ -415,6 +498,7 @@ def build_random_base(cfg: TinyConfig = TinyConfig(), captions: list[str] | None
                 "provenance": {"weights": "random", "seed": seed, "config": asdict(cfg)}}
     base = BaseModel(unet, vae, text_encoder, tokenizer, dict(DEFAULT_SCHEDULER), fp, defaults, "random", manifest)
     base._tokenizer_dir = tok_dir  # type: ignore[attr-defined]
+    base._tokenizer_files = tok_files  # type: ignore[attr-defined]  # file name → bytes, without a tokenizer_dir
     return base
 
 
@@ -437,9 +521,15 @@ def save_bundle(base: BaseModel, path: str | os.PathLike, *, half: bool = True, 
         save_file(te_state, str(tmp / "text_encoder" / "model.safetensors"))
         (tmp / "text_encoder" / "config.json").write_text(base.text_encoder.config.to_json_string())
         tok_src = Path(tokenizer_dir or getattr(base, "_tokenizer_dir", None) or "")
-        if not (tok_src / "vocab.json").is_file():
+        tok_files = None if tokenizer_dir else getattr(base, "_tokenizer_files", None)
+        if tok_files:  # a random base's tokenizer, kept in memory
+            (tmp / "tokenizer").mkdir()
+            for file_name, data in tok_files.items():
+                (tmp / "tokenizer" / file_name).write_bytes(data)
+        elif not (tok_src / "vocab.json").is_file():
             raise AAError("tokenizer", f"no vocab.json/merges.txt at {tok_src}", "pass tokenizer_dir")
-        shutil.copytree(tok_src, tmp / "tokenizer")
+        else:
+            shutil.copytree(tok_src, tmp / "tokenizer")
         (tmp / "scheduler").mkdir()
         (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(base.scheduler_config, indent=1))
         fp = fingerprint_states(stored["unet"], stored["vae"], te_state)

@@ -1,6 +1,7 @@
 """`AnimatePipeline`: text + pose sequence → video, with the pose-conditioned UNetMotionModel (DESIGN §2.6)."""
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -19,12 +20,17 @@ from .schedulers import SCHEDULERS, make_scheduler
 
 @dataclass
 class AnimateOutput(BaseOutput):
-    """frames: uint8 (F, H, W, 3); pose_frames: the rendered skeletons that drove them, same shape."""
+    """frames: uint8 (F, H, W, 3); pose_frames: the rendered skeletons that drove them, same shape; windows: the
+    frame ranges denoised together, and the window length and overlap they came from (what ran, not what was
+    asked: a window longer than the clip runs as one window of the clip's length, with no overlap)."""
 
     frames: np.ndarray
     pose_frames: np.ndarray
     seed: int
     timings: dict = field(default_factory=dict)
+    windows: list[tuple[int, int]] = field(default_factory=list)
+    window: int = 0
+    overlap: int = 0
 
 
 def initial_noise(shape: tuple[int, ...], seed: int, correlation: float = 0.0) -> torch.Tensor:
@@ -108,11 +114,15 @@ class AnimatePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             self.backend = TorchBackend(self.unet)
 
     # ------------------------------------------------------------------------------------- inputs
-    def check_inputs(self, prompt, poses, num_frames, height, width, steps, guidance, scheduler, window, overlap):
+    def check_inputs(self, prompt, poses, num_frames, fps, height, width, steps, guidance, scheduler, window,
+                     overlap):
         if not isinstance(prompt, str) or not prompt.strip():
             raise AAError("prompt", repr(prompt), "give a non-empty text prompt")
         if not isinstance(poses, PoseSequence):
             raise AAError("poses", type(poses).__name__, "pass an aa_runtime.poses.PoseSequence")
+        fps_ok = isinstance(fps, (int, float, np.number)) and not isinstance(fps, bool) and math.isfinite(fps)
+        if not (fps_ok and fps > 0):
+            raise AAError("fps", fps, "use a positive frame rate, e.g. 8")
         m = self.vae_scale * 2 ** (len(self.unet.config.block_out_channels) - 1)
         for name, v in (("height", height), ("width", width)):
             if v < m or v % m or v > 2048:
@@ -191,18 +201,21 @@ class AnimatePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
                  window: int | None = None, overlap: int | None = None, pose_fit: str = "person",
                  retarget_poses: bool = True, decode_chunk_size: int = 8, progress: bool = True,
                  noise_correlation: float | None = None) -> AnimateOutput:
+        # None means "the default"; any value given is checked as given (0 frames, 0 steps, an overlap as long as the
+        # window are refused, not replaced)
         d = self.defaults
-        num_frames = num_frames or poses.frames
-        fps = fps or poses.fps
-        height, width = height or d.height, width or d.width
-        steps = num_inference_steps or d.steps
+        num_frames = poses.frames if num_frames is None else num_frames
+        fps = poses.fps if fps is None else fps
+        height = d.height if height is None else height
+        width = d.width if width is None else width
+        steps = d.steps if num_inference_steps is None else num_inference_steps
         guidance = d.guidance if guidance_scale is None else guidance_scale
-        scheduler_name = scheduler or d.scheduler
-        window = window or min(d.window, int(self.unet.config.motion_max_seq_length))
-        overlap = d.overlap if overlap is None else overlap
-        overlap = min(overlap, window - 1)
+        scheduler_name = d.scheduler if scheduler is None else scheduler
+        window = min(d.window, int(self.unet.config.motion_max_seq_length)) if window is None else window
+        overlap = min(d.overlap, window - 1) if overlap is None else overlap  # the default overlap fits any window
         rho = d.noise_correlation if noise_correlation is None else noise_correlation
-        self.check_inputs(prompt, poses, num_frames, height, width, steps, guidance, scheduler_name, window, overlap)
+        self.check_inputs(prompt, poses, num_frames, fps, height, width, steps, guidance, scheduler_name, window,
+                          overlap)
         if not 0 <= rho < 1:
             raise AAError("noise correlation", rho, "use 0 ≤ ρ < 1 (0 = independent noise per frame)")
         device, dtype = self.unet.device, self.unet.dtype
@@ -242,4 +255,6 @@ class AnimatePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         frames = self.decode_latents(latents, decode_chunk_size)
         timings["decode_s"] = time.perf_counter() - t3
         timings["total_s"] = time.perf_counter() - t0
-        return AnimateOutput(frames=frames, pose_frames=pose_frames, seed=seed, timings=timings)
+        ran_overlap = windows[0][1] - windows[1][0] if len(windows) > 1 else 0
+        return AnimateOutput(frames=frames, pose_frames=pose_frames, seed=seed, timings=timings, windows=windows,
+                             window=windows[0][1] - windows[0][0], overlap=ran_overlap)

@@ -17,10 +17,16 @@ def builtin_motions() -> tuple[str, ...]:
 
 def motion_poses(name: str, frames: int, fps: float, width: int, height: int) -> PoseSequence:
     """A built-in parametric motion rendered as keypoints for a default body."""
-    from aa_world.motions import MOTIONS, motion_keypoints
+    from aa_world.motions import MOTIONS, check_motion_args, motion_keypoints
 
     if name not in MOTIONS:
         raise AAError("motion", repr(name), f"use one of {', '.join(MOTIONS)}")
+    try:
+        check_motion_args(name, frames, fps, width, height)
+    except ValueError as e:  # "frames=-3: use an integer ≥ 1" → the one-line error of the contract
+        what, _, fix = str(e).partition(": ")
+        arg, _, value = what.partition("=")
+        raise AAError(f"motion {arg}", value, fix) from None
     return PoseSequence(motion_keypoints(name, frames, fps, width, height), width, height, fps)
 
 

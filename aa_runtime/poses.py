@@ -10,9 +10,14 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .errors import AAError, atomic_path
+from .errors import AAError, atomic_path, short_repr
 
 ANNOTATION_FORMAT = "aa-annotations/1"
+# What an `.aa.json` may hold: sizes of real frames, frame rates of real footage, keypoints near the frame
+MAX_FRAME_SIZE = 65536  # px
+MIN_FPS, MAX_FPS = 1e-3, 1000.0
+MAX_ANNOTATION_FRAMES = 100_000  # about an hour at 30 fps
+MAX_COORDINATE = 1e6  # px, |x| and |y| (and conf)
 
 # COCO-18 order used by OpenPose; "r" is the person's right.
 OPENPOSE18 = (
@@ -52,9 +57,9 @@ class PoseSequence:
             raise AAError("pose sequence", "0 frames", "give a pose source with at least one frame")
         if not np.isfinite(kp).all():
             raise AAError("pose keypoints", "non-finite values", "replace NaN/inf with conf 0 entries")
-        if self.width <= 0 or self.height <= 0 or not self.fps > 0:
+        if not (self.width > 0 and self.height > 0 and 0 < self.fps < math.inf):  # NaN fails every comparison
             raise AAError("pose sequence size/fps", f"{self.width}x{self.height} @ {self.fps}",
-                          "width, height and fps must be positive")
+                          "width, height and fps must be positive and finite")
         self.keypoints = kp
 
     @property
@@ -107,8 +112,43 @@ def save_annotations(path: str | Path, ann: Annotations) -> Path:
     return path
 
 
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _annotation_number(doc: dict, key: str, path: Path, lo: float, hi: float, integer: bool) -> float:
+    """doc[key] as a number in [lo, hi] (an integer when `integer`; 64.0 counts as one)."""
+    v = doc.get(key)
+    ok = _is_number(v) and lo <= v <= hi and (not integer or float(v).is_integer())  # NaN fails lo <= v
+    if not ok:
+        kind = "an integer" if integer else "a number"
+        raise AAError(f"annotation {key}", f"{path}: {short_repr(v)}" + ("" if key in doc else " (missing)"),
+                      f"\"{key}\" must be {kind} from {lo:g} to {hi:g}")
+    return int(v) if integer else float(v)
+
+
+def _annotation_frame(frame: object, i: int, path: Path) -> tuple[np.ndarray, str | None]:
+    """One `frames` entry → keypoints float32 (18, 3) and its mask path (or None)."""
+    pose = frame.get("pose") if isinstance(frame, dict) else None
+    rows_ok = isinstance(pose, list) and len(pose) == 18 and all(
+        isinstance(row, list) and len(row) == 3 and all(_is_number(v) for v in row) for row in pose)
+    if not rows_ok:
+        got = short_repr(pose) if isinstance(frame, dict) else f"{type(frame).__name__} {short_repr(frame)}"
+        raise AAError("annotation frame", f"{path}: frame {i} pose is malformed ({got})",
+                      "each frame needs \"pose\": 18 × [x, y, conf] numbers")
+    if not all(-MAX_COORDINATE <= v <= MAX_COORDINATE for row in pose for v in row):  # NaN fails too
+        raise AAError("annotation frame", f"{path}: frame {i} has NaN, inf or a value beyond ±{MAX_COORDINATE:g}",
+                      "store a missing joint as [0, 0, 0] and keep coordinates in pixels of the frame")
+    kp = np.array(pose, dtype=np.float32)  # (18, 3)
+    mask = frame.get("mask")
+    if mask is not None and not isinstance(mask, str):
+        raise AAError("annotation frame", f"{path}: frame {i} mask {short_repr(mask)}",
+                      "\"mask\" is a PNG path relative to the .aa.json, or null")
+    return kp, mask
+
+
 def load_annotations(path: str | Path) -> Annotations:
-    """Read and validate an `.aa.json` file."""
+    """Read and validate an `.aa.json` file: every field is type- and range-checked before use."""
     path = Path(path)
     try:
         doc = json.loads(path.read_text())
@@ -117,22 +157,33 @@ def load_annotations(path: str | Path) -> Annotations:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise AAError("annotation file", f"{path} is not valid JSON ({e.msg if hasattr(e, 'msg') else e})",
                       "regenerate it or fix the JSON") from None
+    except RecursionError:
+        raise AAError("annotation file", f"{path} nests JSON too deeply", "regenerate it") from None
+    except OSError as e:
+        raise AAError("annotation file", f"{path} cannot be read ({type(e).__name__})",
+                      "pass an .aa.json file") from None
     if not isinstance(doc, dict) or doc.get("format") != ANNOTATION_FORMAT:
         got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
-        raise AAError("annotation file format", f"{path}: {got!r}", f"expected \"format\": \"{ANNOTATION_FORMAT}\"")
+        raise AAError("annotation file format", f"{path}: {short_repr(got)}",
+                      f"expected \"format\": \"{ANNOTATION_FORMAT}\"")
     if doc.get("keypoints", "openpose18") != "openpose18":
-        raise AAError("annotation keypoint layout", doc.get("keypoints"), "only 'openpose18' is supported")
-    try:
-        frames = doc["frames"]
-        kp = np.array([f["pose"] for f in frames], dtype=np.float32).reshape(len(frames), 18, 3)
-        masks = [f.get("mask") for f in frames]
-        return Annotations(int(doc["width"]), int(doc["height"]), float(doc["fps"]), kp, masks,
-                           doc.get("caption", ""), doc.get("source", {}))
-    except (KeyError, TypeError, ValueError) as e:
-        if isinstance(e, AAError):
-            raise
-        raise AAError("annotation file", f"{path}: malformed ({type(e).__name__}: {e})",
-                      "each frame needs \"pose\": 18 × [x, y, conf]") from None
+        raise AAError("annotation keypoint layout", short_repr(doc.get("keypoints")), "only 'openpose18' is supported")
+    width = _annotation_number(doc, "width", path, 1, MAX_FRAME_SIZE, integer=True)
+    height = _annotation_number(doc, "height", path, 1, MAX_FRAME_SIZE, integer=True)
+    fps = _annotation_number(doc, "fps", path, MIN_FPS, MAX_FPS, integer=False)
+    frames = doc.get("frames")
+    if not isinstance(frames, list) or not 1 <= len(frames) <= MAX_ANNOTATION_FRAMES:
+        got = f"{len(frames)} frames" if isinstance(frames, list) else short_repr(frames)
+        raise AAError("annotation frames", f"{path}: {got}",
+                      f"\"frames\" must be a list of 1 to {MAX_ANNOTATION_FRAMES:,} frames (split longer sequences)")
+    caption, source = doc.get("caption", ""), doc.get("source", {})
+    if not isinstance(caption, str) or not isinstance(source, dict):
+        bad = "caption" if not isinstance(caption, str) else "source"
+        raise AAError(f"annotation {bad}", f"{path}: {short_repr(doc[bad])}",
+                      "\"caption\" must be a string and \"source\" an object")
+    parsed = [_annotation_frame(f, i, path) for i, f in enumerate(frames)]
+    kp = np.stack([k for k, _ in parsed])  # (F, 18, 3)
+    return Annotations(width, height, fps, kp, [m for _, m in parsed], caption, source)
 
 
 def resample_poses(seq: PoseSequence, frames: int, fps: float) -> PoseSequence:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import struct
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -13,6 +14,9 @@ from .errors import AAError, atomic_path
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif"}
+# What Pillow raises on a truncated or corrupt image: besides OSError, its parsers index and unpack the bytes as
+# they come; DecompressionBombError for a header claiming a gigantic size.
+IMAGE_ERRORS = (OSError, EOFError, ValueError, IndexError, struct.error, SyntaxError, Image.DecompressionBombError)
 
 
 @dataclass
@@ -38,13 +42,23 @@ def read_video(path: str | Path, max_frames: int | None = None, default_fps: flo
         if not files:
             raise AAError("video folder", f"{path} holds no images",
                           f"put frames ({', '.join(sorted(IMAGE_SUFFIXES))}) in it")
-        frames = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+        frames = [_read_image(f) for f in files]
         if len({f.shape for f in frames}) != 1:
             raise AAError("video folder", f"{path}: images differ in size", "use frames of one size")
         return VideoClip(np.stack(frames), default_fps)
     if path.suffix.lower() == ".gif":
         return _read_gif(path, max_frames)
     return _read_av(path, max_frames)
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """One frame of a folder: uint8 (H, W, 3)."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except IMAGE_ERRORS as e:
+        raise AAError("video frame", f"{path} is not a readable image ({type(e).__name__})",
+                      "re-export the frame or remove it from the folder") from None
 
 
 def _read_gif(path: Path, max_frames: int | None) -> VideoClip:
@@ -57,8 +71,8 @@ def _read_gif(path: Path, max_frames: int | None) -> VideoClip:
             im.seek(i)
             frames.append(np.asarray(im.convert("RGB")))
             durations.append(im.info.get("duration", 125) or 125)
-    except (OSError, EOFError) as e:
-        raise AAError("video", f"{path} is not a readable gif ({e})", "re-export it") from None
+    except IMAGE_ERRORS as e:
+        raise AAError("video", f"{path} is not a readable gif ({type(e).__name__})", "re-export it") from None
     return VideoClip(np.stack(frames), 1000.0 / float(np.median(durations)))
 
 
@@ -120,7 +134,10 @@ def _write_av(path: Path, frames: np.ndarray, fps: float, fmt: str) -> None:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "17", "preset": "medium"}
+        # mbtree=0: x264's macroblock-tree rate control (its AVX-512 path, as bundled with PyAV) quantises B-frames
+        # differently from one encode of the same frames to the next, so a reference video written twice trained
+        # two different identities; without it the same frames always give the same bytes (tests/test_video.py)
+        stream.options = {"crf": "17", "preset": "medium", "x264-params": "mbtree=0"}
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)

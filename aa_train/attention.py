@@ -102,19 +102,24 @@ class CrossAttentionProbe:
         self.ratios: list[float] = []
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        if encoder_hidden_states is None or hidden_states.ndim != 3 or attention_mask is not None:
-            raise ValueError("CrossAttentionProbe handles unmasked cross-attention on (N, L, C) tokens only")
-        residual = hidden_states
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        if attn.norm_cross:
-            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        q = _split_heads(attn.to_q(hidden_states), attn.heads)  # (N, heads, L, d)
-        k, v = (_split_heads(f(encoder_hidden_states), attn.heads) for f in (attn.to_k, attn.to_v))
-        weights = (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(-1)  # (N, heads, L, T)
+        weights, v = cross_attention_weights(attn, hidden_states, encoder_hidden_states, attention_mask, "probe")
         entropy = -(weights * weights.clamp_min(1e-30).log()).sum(-1)
         self.ratios.append(float(entropy.mean() / math.log(weights.shape[-1])))
-        return _project_out(attn, weights @ v, residual)
+        return _project_out(attn, weights @ v, hidden_states)
+
+
+def cross_attention_weights(attn, hidden_states, encoder_hidden_states, attention_mask, who: str):
+    """Explicit cross-attention of a diffusers `Attention`: (weights (N, heads, L, T) softmax over the text tokens,
+    values (N, heads, T, d)); `_project_out(attn, weights @ v, hidden_states)` is then the processor's output."""
+    if encoder_hidden_states is None or hidden_states.ndim != 3 or attention_mask is not None:
+        raise ValueError(f"the {who} handles unmasked cross-attention on (N, L, C) tokens only")
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    if attn.norm_cross:
+        encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+    q = _split_heads(attn.to_q(hidden_states), attn.heads)  # (N, heads, L, d)
+    k, v = (_split_heads(f(encoder_hidden_states), attn.heads) for f in (attn.to_k, attn.to_v))
+    return (q @ k.transpose(-1, -2) * attn.scale).softmax(-1), v
 
 
 @torch.no_grad()

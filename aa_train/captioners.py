@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from aa_world.captions import MOTION_VERBS, SCENE_PHRASES, class_caption, identity_caption
+from aa_world.objects import check_objects
 
 Captioner = Literal["template", "openai"]
 CAPTIONERS = ("template", "openai")
@@ -57,11 +58,14 @@ def world_context(source: dict | None) -> dict | None:
     if not isinstance(source, dict):
         return None
     motion, scene, objects = source.get("motion"), source.get("scene"), source.get("objects", [])
-    if motion not in MOTION_VERBS or scene not in SCENE_PHRASES or not isinstance(objects, list):
+    if not (isinstance(motion, str) and isinstance(scene, str) and isinstance(objects, list)):
+        return None  # a hand-edited or foreign sidecar: no world context (and no unhashable dict keys below)
+    if motion not in MOTION_VERBS or scene not in SCENE_PHRASES:
         return None
     try:
         pairs = [(o["kind"], o["colour"]) for o in objects]
-    except (KeyError, TypeError):
+        check_objects(pairs)
+    except (KeyError, TypeError, ValueError):
         return None
     return {"motion": motion, "scene": scene, "objects": pairs}
 

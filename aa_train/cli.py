@@ -9,7 +9,8 @@ import click
 from aa_runtime.cli import fail, quiet_libraries
 from aa_runtime.errors import AAError
 
-from .identity import PRESETS
+quiet_libraries()  # before .identity pulls in peft → bitsandbytes, whose import-time notices would reach stderr
+from .identity import PRESETS  # noqa: E402
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -36,6 +37,14 @@ def main():
 @click.option("--vae-lr", default=5e-4, show_default=True)
 @click.option("--denoise-person-weight", default=1.0, show_default=True,
               help="Denoising loss weight on latent pixels the person touches (1 = plain MSE).")
+@click.option("--grounding-token-weight", default=0.0, show_default=True,
+              help="Image stage: token grounding loss weight (each phrase's attention inside its part; 0 = off).")
+@click.option("--grounding-pixel-weight", default=0.0, show_default=True,
+              help="Image stage: pixel grounding loss weight (each pixel attends to its part's words; 0 = off).")
+@click.option("--grounding-pixel-regions", type=click.Choice(["all", "person"]), default="all", show_default=True,
+              help="Pixels the pixel grounding loss counts: every grounded region, or the person's parts only.")
+@click.option("--mixed-precision", type=click.Choice(["no", "bf16"]), default="no", show_default=True,
+              help="bf16 autocast for each step's forward (on a GPU).")
 @click.option("--warmup", default=500, show_default=True)
 @click.option("--checkpoint-every", default=500, show_default=True)
 @click.option("--init", default=None, help="Start from this bundle instead of random weights.")
@@ -43,8 +52,8 @@ def main():
 @click.option("--threads", default=1, show_default=True, help="torch threads per process.")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoints in --work-dir.")
 def base_cmd(data, output, stages, work_dir, size, frames, vae_steps, image_steps, video_steps, vae_batch,
-             image_batch, video_batch, lr, vae_lr, denoise_person_weight, warmup, checkpoint_every, init, seed,
-             threads, resume):
+             image_batch, video_batch, lr, vae_lr, denoise_person_weight, grounding_token_weight,
+             grounding_pixel_weight, grounding_pixel_regions, mixed_precision, warmup, checkpoint_every, init, seed, threads, resume):
     """Train a pose-conditioned base bundle (VAE, then image stage, then video stage)."""
     from .base import BaseTrainConfig, train_base
 
@@ -53,7 +62,11 @@ def base_cmd(data, output, stages, work_dir, size, frames, vae_steps, image_step
                               work_dir=work_dir, size=size, frames=frames, vae_steps=vae_steps,
                               image_steps=image_steps, video_steps=video_steps, vae_batch=vae_batch,
                               image_batch=image_batch, video_batch=video_batch, lr=lr, vae_lr=vae_lr,
-                              denoise_person_weight=denoise_person_weight, warmup=warmup,
+                              denoise_person_weight=denoise_person_weight,
+                              grounding_token_weight=grounding_token_weight,
+                              grounding_pixel_weight=grounding_pixel_weight,
+                              grounding_pixel_regions=grounding_pixel_regions, mixed_precision=mixed_precision,
+                              warmup=warmup,
                               checkpoint_every=checkpoint_every, init=init, seed=seed, threads=threads, resume=resume)
         path = train_base(cfg, log=lambda m: click.echo(m, err=True))
     except AAError as e:
@@ -89,6 +102,15 @@ def base_cmd(data, output, stages, work_dir, size, frames, vae_steps, image_step
 @click.option("--prior-prompt", "prior_prompts", multiple=True, default=None,
               help="Another class prompt for prior samples, e.g. the class in another scene (repeatable; one "
                    "generated video each).")
+@click.option("--prior-motion", "prior_motions", multiple=True, default=None,
+              help="A built-in motion for the --prior-prompt videos (repeatable, cycled over the prompts): each "
+                   "prior video then moves on its own skeletons instead of the reference's poses.")
+@click.option("--prior-reference/--no-prior-reference", default=None,
+              help="Keep the class caption in the reference's own poses among the prior videos [on].")
+@click.option("--identity-norm", type=click.Choice(["frame", "region"]), default=None,
+              help="Background-weakening loss means over the frame (eq. 1 as written) or over each region [frame].")
+@click.option("--composite-scene", "composite_scenes", multiple=True, default=None,
+              help="Also train on the person pasted onto this world scene, the caption naming it (repeatable).")
 @click.option("--optimizer", type=click.Choice(["adamw8bit", "adamw"]), default=None, help="[adamw8bit].")
 @click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None,
               help="Checkpoint UNet and motion modules [on with CUDA].")

@@ -84,6 +84,7 @@ def main(argv=None) -> int:
         floor = run(RunConfig(prompt=f"a {cls} dancing in a {TARGET['scene']}", output=out / "class-snow.mp4",
                               gif=False, **common))
         scores = judge_demo(written["video"], floor["video"], out / "judge.json")
+        grid = frame_grid(out / "grid.png", ref, written["video"], floor["video"])
     except AAError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -93,6 +94,7 @@ def main(argv=None) -> int:
     for kind, path in written.items():
         print(f"{kind:>11}: {path}")
     print(f"      judge: {scores['path']}")
+    print(f"       grid: {grid} (reference | adapter | no adapter | ceiling)")
     for name, row in scores["videos"].items():
         print(f"{name:>11}: ID accuracy {row['id_accuracy']:.2f}, scene accuracy {row['scene_accuracy']:.2f}")
     return 0
@@ -121,6 +123,36 @@ def judge_demo(video: Path, floor_video: Path, path: Path) -> dict:
               "judge": judge.source, "videos": rows}
     write_json(path, report)
     return report | {"path": path}
+
+
+def frame_grid(path: Path, reference: Path, video: Path, floor_video: Path, columns: int = 8, zoom: int = 3) -> Path:
+    """A PNG a person can look at: rows of `columns` evenly spaced frames of the reference, the adapter's video, the
+    no-adapter video and the renderer's own clip of the identity in the target scene (the ceiling), each labelled."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from aa_runtime.errors import atomic_path
+    from aa_runtime.video import read_video
+    from aa_world.clips import ClipSpec, render_clip
+
+    adapter = read_video(video).frames
+    h, w = adapter.shape[1:3]
+    ceiling = render_clip(ClipSpec(identity_seed=REFERENCE["identity_seed"], scene_seed=101, fps=REFERENCE["fps"],
+                                   width=w, height=h, **TARGET)).frames
+    rows = {"reference": read_video(reference).frames, "adapter": adapter, "no adapter": read_video(floor_video).frames,
+            "ceiling": ceiling}
+    label_w = 80
+    sheet = Image.new("RGB", (label_w + columns * w * zoom, len(rows) * h * zoom), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, (name, frames) in enumerate(rows.items()):
+        pick = np.linspace(0, len(frames) - 1, columns).round().astype(int)
+        strip = np.concatenate([frames[i] for i in pick], 1)  # (h, columns·w, 3)
+        tile = Image.fromarray(strip).resize((columns * w * zoom, h * zoom), Image.NEAREST)
+        sheet.paste(tile, (label_w, r * h * zoom))
+        draw.text((4, r * h * zoom + h * zoom // 2 - 6), name, fill="black")
+    with atomic_path(path) as tmp:
+        sheet.save(tmp, format="PNG")
+    return path
 
 
 def _class_word() -> str:

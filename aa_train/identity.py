@@ -13,7 +13,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -57,8 +57,13 @@ class IdentityTrainConfig:
     prior_weight: float = 1.0
     prior_steps: int = 20  # sampling steps for the class samples
     prior_prompts: tuple[str, ...] = ()  # more class prompts (e.g. other scenes): one prior video each
+    prior_motions: tuple[str, ...] = ()  # built-in motions for the prior_prompts videos (cycled), own skeletons each
+    prior_reference: bool = True  # the class caption in the reference's own poses is one of the prior videos
+    identity_norm: Literal["frame", "region"] = "frame"  # eq. 1's means over the frame (paper) or over each region
+    composite_scenes: tuple[str, ...] = ()  # also train on the person pasted onto these world scenes, so captioned
     optimizer: Literal["adamw8bit", "adamw"] = "adamw8bit"
     full_attn2: bool = False  # ablation: fine-tune the attn2 projections fully instead of LoRA
+    full_unet: bool = False  # oracle: fine-tune every UNet weight (no adapter file; the model stays in memory)
     single_frame: bool = False  # ablation: one reference frame instead of the video
     gradient_checkpointing: bool | None = None  # default: on with CUDA
     separate_prior: bool | None = None  # prior sample in its own backward pass; default: with checkpointing
@@ -110,6 +115,21 @@ class IdentityTrainConfig:
         if self.prior_prompts and self.prior_weight == 0:
             raise AAError("prior prompt", f"{len(self.prior_prompts)} given with --prior-weight 0",
                           "drop --prior-prompt or set --prior-weight > 0")
+        if self.identity_norm not in ("frame", "region"):
+            raise AAError("identity-norm", self.identity_norm, "use frame or region")
+        if self.prior_motions and not self.prior_prompts:
+            raise AAError("prior motion", ",".join(self.prior_motions), "give --prior-prompt too: the motions "
+                          "drive those prompts' prior videos")
+        if not self.prior_reference and not self.prior_prompts and self.prior_weight > 0:
+            raise AAError("no-prior-reference", "no --prior-prompt", "give --prior-prompt, or --prior-weight 0")
+        from aa_world.motions import MOTIONS
+        from aa_world.scenes import SCENES
+
+        for kind, names, known in (("prior motion", self.prior_motions, MOTIONS),
+                                   ("composite scene", self.composite_scenes, SCENES)):
+            bad = [x for x in names if x not in known]
+            if bad:
+                raise AAError(kind, ",".join(bad), f"use some of {', '.join(known)}")
         if self.image_batch < 1 or self.clip_frames < 1:
             raise AAError("batch/frames", f"{self.image_batch}/{self.clip_frames}", "use ≥ 1")
         if self.optimizer not in ("adamw8bit", "adamw"):
@@ -142,6 +162,17 @@ class IdentityResult:
 
 
 # ------------------------------------------------------------------------------------------- helpers
+class LossPart(NamedTuple):
+    """One term of a training step: its latents and pose latents (B, C, F, h, w), text (1, T, D), attention regions
+    (B·F, 1, h, w) and loss(pred, noise)."""
+
+    latents: torch.Tensor
+    pose_latents: torch.Tensor
+    text: torch.Tensor
+    regions: torch.Tensor
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 class _Bypass(torch.nn.Module):
     """Stands in for a motion module during stage 1: frames pass through untouched."""
 
@@ -176,8 +207,12 @@ def make_optimizer(params, cfg: IdentityTrainConfig):
 
 
 def trainable_attn2(unet, cfg: IdentityTrainConfig) -> tuple[list[str], list[torch.nn.Parameter]]:
-    """Freeze everything, then open either LoRA on the spatial attn2 projections or (ablation) the projections."""
+    """Freeze everything, then open either LoRA on the spatial attn2 projections, or (ablation) the projections, or
+    (oracle) every UNet weight."""
     unet.requires_grad_(False)
+    if cfg.full_unet:
+        unet.requires_grad_(True)
+        return [], list(unet.parameters())
     targets = [n for n, _ in unet.named_modules() if re.fullmatch(cfg.target_pattern, n)]
     if cfg.full_attn2:
         params = []
@@ -209,26 +244,68 @@ def encode_frames(pipe: AnimatePipeline, frames: np.ndarray) -> torch.Tensor:
 
 
 def class_samples(pipe: AnimatePipeline, data, cfg: IdentityTrainConfig, cache_dir: Path,
-                  caption: str | None = None) -> np.ndarray:
-    """Prior-preservation samples: the base's video of the class caption (or `caption`) in the reference poses,
-    generated once and cached by (base, caption, poses, seed, steps). uint8 (F, R, R, 3)."""
+                  caption: str | None = None, poses: PoseSequence | None = None) -> np.ndarray:
+    """Prior-preservation samples: the base's video of the class caption (or `caption`) in the reference poses (or
+    `poses`), generated once and cached by (base, caption, poses, seed, steps). uint8 (F, R, R, 3)."""
     res = data.frames.shape[1]
     caption = caption or data.class_caption
+    poses = poses or PoseSequence(data.keypoints, res, res, data.fps)
     key = hashlib.sha256(json.dumps([pipe.fingerprint, caption, cfg.seed, cfg.prior_steps, res,
-                                     hashlib.sha256(data.keypoints.tobytes()).hexdigest()]).encode()).hexdigest()[:16]
+                                     hashlib.sha256(poses.keypoints.tobytes()).hexdigest()]).encode()).hexdigest()[:16]
     path = cache_dir / f"prior-{key}.npy"
     if path.is_file():
         return np.load(path)
-    poses = PoseSequence(data.keypoints, res, res, data.fps)
     window = min(16, int(pipe.unet.config.motion_max_seq_length))
     out = pipe(caption, poses, num_frames=poses.frames, fps=poses.fps, height=res, width=res,
-               num_inference_steps=cfg.prior_steps, seed=cfg.seed, window=window, overlap=4, pose_fit="frame",
-               retarget_poses=False, progress=False)
+               num_inference_steps=cfg.prior_steps, seed=cfg.seed, window=window, overlap=min(4, window - 1),
+               pose_fit="frame", retarget_poses=False, progress=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, out.frames)
     return out.frames
+
+
+def prior_bank(pipe: AnimatePipeline, data, cfg: IdentityTrainConfig, cache_dir: Path, pose_latents: torch.Tensor):
+    """The prior videos as (latents (F, 4, h, w), pose latents (F, 4, h, w), class text (1, T, D)) each: the class
+    caption in the reference's poses (`prior_reference`), then every --prior-prompt, in the reference's poses or
+    (with `prior_motions`, cycled) in a built-in motion with that motion's own skeletons."""
+    from aa_runtime.pose_sources import motion_poses
+
+    if cfg.prior_weight == 0:
+        return []
+    res, n = data.frames.shape[1], len(data.frames)
+    bank = []
+    if cfg.prior_reference:
+        bank.append((data.class_caption, None, pose_latents))
+    for k, prompt in enumerate(cfg.prior_prompts):
+        if cfg.prior_motions:
+            poses = motion_poses(cfg.prior_motions[k % len(cfg.prior_motions)], n, data.fps, res, res)
+            bank.append((prompt, poses, encode_frames(pipe, render_skeletons(poses))))
+        else:
+            bank.append((prompt, None, pose_latents))
+    return [(encode_frames(pipe, class_samples(pipe, data, cfg, cache_dir, caption, poses)), pl,
+             pipe.encode_prompt(caption)) for caption, poses, pl in bank]
+
+
+def scene_caption(caption: str, scene: str) -> str:
+    """`caption` with its world scene phrase swapped for `scene`'s ('… on a beach' → '… in a snow field'); a caption
+    naming no world scene gets the phrase appended."""
+    from aa_world.captions import SCENE_PHRASES
+
+    for phrase in sorted(SCENE_PHRASES.values(), key=len, reverse=True):
+        if f" {phrase}" in caption:
+            return caption.replace(f" {phrase}", f" {SCENE_PHRASES[scene]}", 1)
+    return f"{caption} {SCENE_PHRASES[scene]}"
+
+
+def composite_frames(frames: np.ndarray, masks: np.ndarray, scene: str, seed: int) -> np.ndarray:
+    """The person of `frames` uint8 (F, R, R, 3) pasted by `masks` bool (F, R, R) onto a world scene's background."""
+    from aa_world.scenes import render_scene
+
+    res = frames.shape[1]
+    background = np.clip(render_scene(scene, seed, res, res) + 0.5, 0, 255).astype(np.uint8)  # float → uint8 (R, R, 3)
+    return np.where(masks[..., None], frames, background[None])
 
 
 def save_loss_curve(losses: dict[str, list[float]], path: Path) -> None:
@@ -268,7 +345,6 @@ def train_identity(cfg: IdentityTrainConfig, log=print) -> IdentityResult:
     if res % m or res < m:
         raise AAError("resolution", res, f"use a multiple of {m} for this base")
     work = Path(cfg.work_dir) if cfg.work_dir else cfg.output.with_suffix(".work")
-    work.mkdir(parents=True, exist_ok=True)
 
     # 1. data: frames, poses, masks, captions (cached by video hash + settings)
     t0 = time.time()
@@ -290,6 +366,7 @@ def train_identity(cfg: IdentityTrainConfig, log=print) -> IdentityResult:
     log(f"reference: {n} frames at {res}px, caption {data.caption!r} ({time.time() - t0:.1f}s)")
 
     # 2. caches: latents, pose latents, text embeddings, latent masks, class samples
+    work.mkdir(parents=True, exist_ok=True)  # only now: a video that fails step 1 leaves no folder behind
     pipe = AnimatePipeline.from_base(base)
     cache = Path(cfg.cache_dir or work)
     latents = encode_frames(pipe, data.frames)  # (F, 4, h, w)
@@ -297,10 +374,12 @@ def train_identity(cfg: IdentityTrainConfig, log=print) -> IdentityResult:
     pose_latents = encode_frames(pipe, render_skeletons(poses))
     fore = latent_masks(torch.from_numpy(data.masks), latents.shape[-2:]).to(device)  # (F, 1, h, w)
     text = pipe.encode_prompt(data.caption)  # (1, T, D)
-    use_prior = cfg.prior_weight > 0
-    prior_captions = [data.class_caption, *cfg.prior_prompts] if use_prior else []
-    class_texts = [pipe.encode_prompt(c) for c in prior_captions]
-    prior_bank = [encode_frames(pipe, class_samples(pipe, data, cfg, cache, c)) for c in prior_captions]
+    # the person as filmed, then pasted onto each composite scene with that scene in the caption (decoupling)
+    views = [(latents, text)] + [
+        (encode_frames(pipe, composite_frames(data.frames, data.masks, scene, cfg.seed + k)),
+         pipe.encode_prompt(scene_caption(data.caption, scene))) for k, scene in enumerate(cfg.composite_scenes)]
+    bank = prior_bank(pipe, data, cfg, cache, pose_latents)
+    use_prior = bool(bank)
     log(f"caches ready ({time.time() - t0:.1f}s)")
 
     # 3. trainable parameters, optimizer, attention, checkpointing
@@ -326,7 +405,7 @@ def train_identity(cfg: IdentityTrainConfig, log=print) -> IdentityResult:
     ckpt = work / "checkpoint.pt"
     # what shapes the trained tensors and their optimizer state: a checkpoint from other settings cannot continue
     shape_key = {"base": base.fingerprint, "rank": cfg.rank, "lora_targets": list(cfg.lora_targets),
-                 "full_attn2": cfg.full_attn2, "optimizer": cfg.optimizer}
+                 "full_attn2": cfg.full_attn2, "full_unet": cfg.full_unet, "optimizer": cfg.optimizer}
     if cfg.resume and ckpt.is_file():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
         if state.get("shape_key", shape_key) != shape_key or len(state["params"]) != len(params):
@@ -347,43 +426,49 @@ def train_identity(cfg: IdentityTrainConfig, log=print) -> IdentityResult:
     def one_step(stage: str, rng: np.random.Generator) -> float:
         if stage == "stage1":  # frames as independent images: (B, C, 1, h, w)
             idx = rng.integers(0, n, cfg.image_batch)
-            z, p, fm = latents[idx][:, :, None], pose_latents[idx][:, :, None], fore[idx][:, :, None]
+            pick = lambda x: x[idx][:, :, None]  # noqa: E731  (F, C, h, w) → (B, C, 1, h, w)
         else:  # one clip window: (1, C, F, h, w)
             f = min(cfg.clip_frames, n)
             s = int(rng.integers(0, n - f + 1))
             idx = np.arange(s, s + f)
-            z = latents[idx].permute(1, 0, 2, 3)[None]
-            p = pose_latents[idx].permute(1, 0, 2, 3)[None]
-            fm = fore[idx].permute(1, 0, 2, 3)[None]
+            pick = lambda x: x[idx].permute(1, 0, 2, 3)[None]  # noqa: E731  (F, C, h, w) → (1, C, F, h, w)
+        # the reference or one of its composites (no draw without composites: the default stream is unchanged)
+        view_latents, view_text = views[int(rng.integers(len(views)))] if len(views) > 1 else views[0]
+        z, p, fm = pick(view_latents), pick(pose_latents), pick(fore)
         b, frames = z.shape[0], z.shape[2]
         fm_frames = fm.permute(0, 2, 1, 3, 4).flatten(0, 1)  # (B·F, 1, h, w), the UNet's frame order
-        parts = [(z, text, fm_frames, lambda pr, nz: background_weakening_loss(pr, nz, fm.to(device), cfg.bw_alpha))]
+        parts = [LossPart(z, p, view_text, fm_frames, lambda pr, nz: background_weakening_loss(
+            pr, nz, fm.to(device), cfg.bw_alpha, cfg.identity_norm))]
         if use_prior:
-            # one prior video per step, drawn from the class caption and --prior-prompt (no draw without them,
-            # so the default job's random stream is unchanged)
-            j = int(rng.integers(len(prior_bank))) if len(prior_bank) > 1 else 0
-            prior_latents, class_text = prior_bank[j], class_texts[j]
-            zp = prior_latents[idx][:, :, None] if stage == "stage1" else prior_latents[idx].permute(1, 0, 2, 3)[None]
+            # one prior video per step, drawn from the bank (no draw with one video, so the default job's random
+            # stream is unchanged), with its own pose latents
+            j = int(rng.integers(len(bank))) if len(bank) > 1 else 0
+            prior_latents, prior_pose_latents, class_text = bank[j]
             # one region (all ones): plain attention for the class samples
-            parts.append((zp, class_text, torch.ones_like(fm_frames),
-                          lambda pr, nz: cfg.prior_weight * prior_preservation_loss(pr, nz)))
+            parts.append(LossPart(pick(prior_latents), pick(prior_pose_latents), class_text,
+                                  torch.ones_like(fm_frames),
+                                  lambda pr, nz: cfg.prior_weight * prior_preservation_loss(pr, nz)))
         # one batched forward, or (separate_prior) one forward + backward per part: same gradient, half the
-        # activation peak — what the sd15-4090 memory estimate assumes
-        groups = [[part] for part in parts] if separate_prior else [parts]
+        # activation peak — what the sd15-4090 memory estimate assumes. Noise and timesteps are drawn once for all
+        # parts, as for the batch, so that splitting it into passes changes nothing but the float summation order.
+        gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        all_noise = torch.randn((len(parts) * b, *z.shape[1:]), generator=gen).to(device)  # (P·B, C, F, h, w)
+        all_t = torch.from_numpy(rng.integers(0, T, len(parts) * b)).to(device)  # (P·B,)
+        groups = [[k] for k in range(len(parts))] if separate_prior else [list(range(len(parts)))]
         total = 0.0
-        for group in groups:
-            zz = torch.cat([g[0] for g in group]).to(device)
-            pp = p.repeat(len(group), 1, 1, 1, 1).to(device)
-            emb = torch.cat([g[1].repeat(b * frames, 1, 1) for g in group]).to(device)
-            gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
-            noise = torch.randn(zz.shape, generator=gen).to(device)
-            t = torch.from_numpy(rng.integers(0, T, zz.shape[0])).to(device)
+        for ks in groups:
+            group = [parts[k] for k in ks]
+            rows = slice(ks[0] * b, (ks[-1] + 1) * b)  # the group's parts are consecutive
+            zz = torch.cat([g.latents for g in group]).to(device)
+            pp = torch.cat([g.pose_latents for g in group]).to(device)
+            emb = torch.cat([g.text.repeat(b * frames, 1, 1) for g in group]).to(device)
+            noise, t = all_noise[rows], all_t[rows]
             a = acp[t].view(-1, 1, 1, 1, 1)
-            regions.masks = torch.cat([g[2] for g in group]).to(device)
+            regions.masks = torch.cat([g.regions for g in group]).to(device)
             with autocast:
                 pred = unet(torch.cat([a.sqrt() * zz + (1 - a).sqrt() * noise, pp], 1), t,
                             encoder_hidden_states=emb).sample
-            loss = sum(g[3](pred[i * b:(i + 1) * b], noise[i * b:(i + 1) * b]) for i, g in enumerate(group))
+            loss = sum(g.loss(pred[i * b:(i + 1) * b], noise[i * b:(i + 1) * b]) for i, g in enumerate(group))
             loss.backward()
             total += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -421,6 +506,8 @@ def train_identity(cfg: IdentityTrainConfig, log=print) -> IdentityResult:
                "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()
                             if k not in ("output", "work_dir", "cache_dir")},
                "preprocess": {k: v for k, v in data.source.items() if k in ("pose_backend", "mask_backend", "captioner")}}
+    if cfg.full_unet:
+        return IdentityResult(None, summary, {}, base)
     if cfg.full_attn2:
         deltas = {}  # the trained projections minus the base's: reload the base to diff against
         ref = load_base(cfg.base, cfg.motion_module, device="cpu").unet

@@ -42,50 +42,82 @@ def _and(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def appearance_phrase(identity: Identity) -> str:
-    """'a man with short black hair, in a red shirt, blue trousers and black shoes, with a green hat'."""
+def _appearance_pieces(identity: Identity) -> list[tuple[str, str | None]]:
+    """The appearance phrase as (text, region) pieces: each attribute phrase with the part it describes."""
     i = identity
     if i.hair_style == "bald":
-        who = f"a bald {i.class_word}"
+        pieces = [("a bald ", None), (i.class_word, "person")]
     elif i.hair_style == "ponytail":
-        who = f"a {i.class_word} with a {i.hair_colour} ponytail"
+        pieces = [("a ", None), (i.class_word, "person"), (" with a ", None), (f"{i.hair_colour} ponytail", "hair")]
     else:
-        who = f"a {i.class_word} with {i.hair_style} {i.hair_colour} hair"
-    shirt = {"solid": f"a {i.shirt_colour} shirt",
-             "stripes": f"a {i.shirt_colour} and {i.shirt_colour2} striped shirt",
-             "two-tone": f"a {i.shirt_colour} and {i.shirt_colour2} two-tone shirt"}[i.shirt_pattern]
-    lower = f"{i.lower_colour} trousers" if i.lower_garment == "trousers" else f"a {i.lower_colour} skirt"
-    text = f"{who}, in {shirt}, {lower} and {i.shoe_colour} shoes"
+        pieces = [("a ", None), (i.class_word, "person"), (" with ", None),
+                  (f"{i.hair_style} {i.hair_colour} hair", "hair")]
+    shirt = {"solid": f"{i.shirt_colour} shirt",
+             "stripes": f"{i.shirt_colour} and {i.shirt_colour2} striped shirt",
+             "two-tone": f"{i.shirt_colour} and {i.shirt_colour2} two-tone shirt"}[i.shirt_pattern]
+    lower = (f"{i.lower_colour} trousers", "") if i.lower_garment == "trousers" else (f"{i.lower_colour} skirt", "a ")
+    pieces += [(", in a ", None), (shirt, "shirt"), (", " + lower[1], None), (lower[0], "lower"), (" and ", None),
+               (f"{i.shoe_colour} shoes", "shoes")]
     extras = []
     if i.hat != NONE:
-        extras.append(f"a {i.hat} hat")
+        extras.append((f"{i.hat} hat", "hat"))
     if i.logo_shape != NONE:
-        extras.append(f"a {i.logo_colour} {i.logo_shape} logo")
+        extras.append((f"{i.logo_colour} {i.logo_shape} logo", "logo"))
     if i.backpack != NONE:
-        extras.append(f"a {i.backpack} backpack")
-    return text + (", with " + _and(extras) if extras else "")
+        extras.append((f"{i.backpack} backpack", "backpack"))
+    if extras:
+        pieces.append((", with ", None))
+        for k, (text, region) in enumerate(extras):
+            if k:
+                pieces.append((", " if k < len(extras) - 1 else " and ", None))
+            pieces += [("a ", None), (text, region)]
+    return pieces
 
 
-def context_phrase(motion: str, scene: str, objects=()) -> str:
-    """'waving on a beach, holding a yellow balloon, with a brown dog'."""
+def appearance_phrase(identity: Identity) -> str:
+    """'a man with short black hair, in a red shirt, blue trousers and black shoes, with a green hat'."""
+    return "".join(text for text, _ in _appearance_pieces(identity))
+
+
+def _context_pieces(motion: str, scene: str, objects=()) -> list[tuple[str, str | None]]:
+    """The context phrase as (text, region) pieces: the scene words name the background, each object itself."""
     if motion not in MOTION_VERBS:
         raise ValueError(f"motion={motion!r}: use one of {', '.join(MOTIONS)}")
     if scene not in SCENE_PHRASES:
         raise ValueError(f"scene={scene!r}: use one of {', '.join(SCENES)}")
     objects: tuple[ObjectSpec, ...] = check_objects(objects)
-    text = f"{MOTION_VERBS[motion]} {SCENE_PHRASES[scene]}"
-    held = [f"a {o.colour} {o.kind}" for o in objects if o.kind in HELD_OBJECTS]
-    ground = [f"a {o.colour} {o.kind}" for o in objects if o.kind not in HELD_OBJECTS]
-    if held:
-        text += ", holding " + _and(held)
-    if ground:
-        text += ", with " + _and(ground)
-    return text
+    words = SCENE_PHRASES[scene].split(" ")
+    pieces = [(f"{MOTION_VERBS[motion]} ", None), (" ".join(words[:-1]) + " ", None), (words[-1], "background")]
+    if words[-1] in ("field", "street", "sky"):  # two-word scenes: "snow field", "city street", "night sky"
+        lead = words[:-2]
+        pieces[1:] = [(" ".join(lead) + " ", None), (" ".join(words[-2:]), "background")]
+    for lead, group in ((", holding ", [o for o in objects if o.kind in HELD_OBJECTS]),
+                        (", with ", [o for o in objects if o.kind not in HELD_OBJECTS])):
+        for k, o in enumerate(group):
+            pieces.append((lead if k == 0 else (", " if k < len(group) - 1 else " and "), None))
+            pieces += [("a ", None), (f"{o.colour} {o.kind}", o.kind)]
+    return pieces
+
+
+def context_phrase(motion: str, scene: str, objects=()) -> str:
+    """'waving on a beach, holding a yellow balloon, with a brown dog'."""
+    return "".join(text for text, _ in _context_pieces(motion, scene, objects))
 
 
 def full_caption(identity: Identity, motion: str, scene: str, objects=()) -> str:
     """Appearance + motion + scene + objects, for base-model training."""
     return f"{appearance_phrase(identity)}, {context_phrase(motion, scene, objects)}"
+
+
+def full_caption_spans(identity: Identity, motion: str, scene: str, objects=()) -> tuple[tuple[int, int, str], ...]:
+    """Where `full_caption` names a region: (start, end, region) character spans, region a part name of
+    `aa_world.parts` ('background' for the scene words, an object kind, 'person' for the class word)."""
+    spans, at = [], 0
+    for text, region in [*_appearance_pieces(identity), (", ", None), *_context_pieces(motion, scene, objects)]:
+        if region is not None:
+            spans.append((at, at + len(text), region))
+        at += len(text)
+    return tuple(spans)
 
 
 def identity_caption(token: str, class_word: str, motion: str, scene: str, objects=()) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .captions import full_caption
+from .captions import full_caption, full_caption_spans
 from .identity import EVAL_IDENTITY_SEEDS, TRAIN_IDENTITY_SEEDS, Identity, check_seed, sample_identity
 from .motions import MAX_SIZE, MIN_SIZE, MOTIONS, check_motion_args, motion_pose
 from .objects import ObjectSpec, check_objects, draw_objects, sample_objects
@@ -85,6 +85,8 @@ class Clip:
     logo_visible: np.ndarray  # bool (F,)
     backpack_visible: np.ndarray  # bool (F,)
     caption: str = field(default="")
+    parts: np.ndarray | None = None  # uint8 (F, H, W) part label per pixel (aa_world.parts.PARTS)
+    caption_spans: tuple[tuple[int, int, str], ...] = ()  # (start, end, region) of the caption's region words
 
     def frame(self, i: int) -> FrameTruth:
         """The ground truth of frame i."""
@@ -127,7 +129,8 @@ def render_clip(spec: ClipSpec, identity: Identity | None = None) -> Clip:
         keypoints=keypoints18(pose, spec.width, spec.height), masks=layers.person > 0.5,
         yaw=pose.yaw.astype(np.float32), views=tuple(VIEWS[v] for v in info.view),
         logo_visible=info.logo_visible, backpack_visible=info.backpack_visible,
-        caption=full_caption(identity, spec.motion, spec.scene, spec.objects),
+        caption=full_caption(identity, spec.motion, spec.scene, spec.objects), parts=layers.labels,
+        caption_spans=full_caption_spans(identity, spec.motion, spec.scene, spec.objects),
     )
 
 

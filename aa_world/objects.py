@@ -20,6 +20,7 @@ OBJECTS = ("balloon", "umbrella", "ball", "dog")
 HELD_OBJECTS = ("balloon", "umbrella")
 GROUND_OBJECTS = ("ball", "dog")
 MAX_OBJECTS = 2
+OBJECT_LABELS = {kind: 9 + i for i, kind in enumerate(OBJECTS)}  # their labels in aa_world.parts.PARTS
 STRING_RGB, POLE_RGB, DARK_RGB = (85, 85, 90), (55, 55, 60), (25, 20, 20)
 
 
@@ -162,9 +163,11 @@ def draw_objects(layers: Layers, pose: Pose3D, objects: tuple[ObjectSpec, ...], 
     ground = [o for o in objects if o.kind in GROUND_OBJECTS]
     for obj, hand in zip(held, hands):
         draw = _balloon if obj.kind == "balloon" else _umbrella
-        draw(layers, pose, hand, _rgb(obj.colour))
+        with layers.part(OBJECT_LABELS[obj.kind]):
+            draw(layers, pose, hand, _rgb(obj.colour))
     for obj, side in zip(ground, (ground_side, -ground_side)):
-        if obj.kind == "ball":
-            _ball(layers, pose, side, _rgb(obj.colour))
-        else:
-            _dog(layers, pose, side, _rgb(obj.colour), t)
+        with layers.part(OBJECT_LABELS[obj.kind]):
+            if obj.kind == "ball":
+                _ball(layers, pose, side, _rgb(obj.colour))
+            else:
+                _dog(layers, pose, side, _rgb(obj.colour), t)

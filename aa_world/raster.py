@@ -8,6 +8,7 @@ coverage `clip(0.5 - d, 0, 1)` gives a 1-pixel smooth edge.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,7 +114,8 @@ class Region:
 
 
 class Layers:
-    """Frames stored channel-first, float32 (3, F, H, W) in [0, 255], plus a person coverage (F, H, W).
+    """Frames stored channel-first, float32 (3, F, H, W) in [0, 255], plus a person coverage (F, H, W) and a
+    part-label map (F, H, W) written inside `part(label)` blocks.
 
     Channel-first keeps every painted plane contiguous along x, which makes compositing ~2.5× faster
     than (F, H, W, 3) for the small regions a figure part covers.
@@ -125,6 +127,8 @@ class Layers:
         planes = np.ascontiguousarray(np.asarray(background, F32).transpose(2, 0, 1))  # (3, H, W)
         self.rgb = np.repeat(planes[:, None], frames, axis=1)  # (3, F, H, W)
         self.person = np.zeros((frames, h, w), F32)  # (F, H, W) max coverage of figure parts
+        self.labels = np.zeros((frames, h, w), np.uint8)  # (F, H, W) part label of the topmost paint (0 = scene)
+        self.label = 0  # the label `paint` writes where a shape covers more than half a pixel
         self._gx = np.arange(w, dtype=F32)
         self._gy = np.arange(h, dtype=F32)
 
@@ -153,6 +157,18 @@ class Layers:
         if person:
             p = self.person[:, reg.ys, reg.xs]
             np.maximum(p, cov, out=p)
+        if self.label:
+            lab = self.labels[:, reg.ys, reg.xs]
+            lab[np.broadcast_to(cov, lab.shape) > 0.5] = self.label
+
+    @contextmanager
+    def part(self, label: int):
+        """Paints inside this block write `label` into the part map (over what lies beneath)."""
+        before, self.label = self.label, label
+        try:
+            yield
+        finally:
+            self.label = before
 
     def darken(self, reg: Region, cov: np.ndarray, amount: float) -> None:
         """Multiply the frames by (1 - amount · cov): shadows, not part of the person."""

@@ -14,6 +14,7 @@ import numpy as np
 
 from . import raster
 from .identity import COLOUR_RGB, HAIR_RGB, NONE, SKIN_RGB, Identity
+from .parts import part_id
 from .raster import Layers
 from .skeleton import BACK, FRONT, J, Pose3D, view_index
 
@@ -21,6 +22,8 @@ F32 = np.float32
 EYE_RGB = (35, 25, 25)
 SHADE = 0.22  # how much darker the far limb is at full depth separation
 MIN_RADIUS = 0.6  # pixels: thinner parts would vanish at 64×64
+HAIR, SKIN, SHIRT, LOWER, SHOES, HAT, LOGO, BACKPACK = map(
+    part_id, ("hair", "skin", "shirt", "lower", "shoes", "hat", "logo", "backpack"))
 
 
 @dataclass(frozen=True)
@@ -142,14 +145,16 @@ class _Figure:
             gate = in_front if front else 1.0 - in_front
             if not np.any(gate):
                 continue
-            for (reg, cov), colour in ((upper, sleeve), (lower, self.skin)):
+            for (reg, cov), colour, part in ((upper, sleeve, SHIRT), (lower, self.skin, SKIN)):
                 if reg is not None:
-                    self.layers.paint(reg, cov * gate, _shaded(colour, k))
+                    with self.layers.part(part):
+                        self.layers.paint(reg, cov * gate, _shaded(colour, k))
 
     def legs(self) -> None:
         """Far leg then near leg (trousers, or skin under a skirt), each with its shoe."""
         r_far, shade = self.limb_order("hip", "knee", "ankle")
-        colour = self.skin if self.id.lower_garment == "skirt" else _rgb(self.id.lower_colour)
+        skirt = self.id.lower_garment == "skirt"
+        colour, part = (self.skin, SKIN) if skirt else (_rgb(self.id.lower_colour), LOWER)
         shoe = _rgb(self.id.shoe_colour)
         thigh_a, thigh_b = self.r(0.045), self.r(0.038)
         shin_a, shin_b = self.r(0.035), self.r(0.028)
@@ -161,10 +166,12 @@ class _Figure:
             tx, ty = self.side(far, "*_toe")
             reg, cov = self.capsules([(hx, hy, kx, ky, thigh_a, thigh_b), (kx, ky, ax, ay, shin_a, shin_b)])
             if reg is not None:
-                self.layers.paint(reg, cov, _shaded(colour, k))
+                with self.layers.part(part):
+                    self.layers.paint(reg, cov, _shaded(colour, k))
             reg, cov = self.capsules([(ax, ay + sole, tx, ty + sole, self.r(0.026), self.r(0.026))])
             if reg is not None:
-                self.layers.paint(reg, cov, _shaded(shoe, k))
+                with self.layers.part(SHOES):
+                    self.layers.paint(reg, cov, _shaded(shoe, k))
 
     def skirt(self) -> None:
         """A flared skirt from the waist to above the knees."""
@@ -306,7 +313,8 @@ class _Figure:
             up = -ny
             hair = np.clip(0.5 + (up - (base + slope * fwd)) * r, 0.0, 1.0)
             cov = raster.coverage(raster.ellipse(reg.px, reg.py, cx, cy, F32(rx * 1.04), F32(ry * 1.04)))
-            self.layers.paint(reg, cov * hair, np.asarray(HAIR_RGB[self.id.hair_colour], F32))
+            with self.layers.part(HAIR):
+                self.layers.paint(reg, cov * hair, np.asarray(HAIR_RGB[self.id.hair_colour], F32))
 
     def eyes(self) -> None:
         """Two dark dots, front views only."""
@@ -340,25 +348,37 @@ class _Figure:
 
 
 def draw_figure(layers: Layers, pose: Pose3D, identity: Identity) -> FigureInfo:
-    """Paint `identity` in `pose` onto all frames of `layers` (back to front); returns the view truth."""
+    """Paint `identity` in `pose` onto all frames of `layers` (back to front); returns the view truth.
+    `layers.labels` gets each pixel's part (aa_world.parts) as it is painted: the topmost part wins."""
     fig = _Figure(layers, pose, identity)
     fig.shadow()
-    fig.hair_back(behind=True)
+    with layers.part(HAIR):
+        fig.hair_back(behind=True)
     arms = fig.arms()
     fig.paint_arms(arms, front=False)
     fig.legs()
     if identity.lower_garment == "skirt":
-        fig.skirt()
-    fig.neck()
-    fig.torso()
-    logo_visible = fig.logo()
-    backpack_visible = fig.backpack()
+        with layers.part(LOWER):
+            fig.skirt()
+    with layers.part(SKIN):
+        fig.neck()
+    with layers.part(SHIRT):
+        fig.torso()
+    with layers.part(LOGO):
+        logo_visible = fig.logo()
+    with layers.part(BACKPACK):
+        backpack_visible = fig.backpack()
     if identity.hair_style == "long":  # long hair falls over the back (and backpack) in back views
-        fig.hair_back(behind=False)
-    fig.head()
+        with layers.part(HAIR):
+            fig.hair_back(behind=False)
+    with layers.part(SKIN):
+        fig.head()  # the hair cap inside switches to HAIR
     if identity.hair_style == "ponytail":  # the ponytail hangs over the back of the head
-        fig.hair_back(behind=False)
-    fig.eyes()
-    fig.hat()
+        with layers.part(HAIR):
+            fig.hair_back(behind=False)
+    with layers.part(SKIN):
+        fig.eyes()
+    with layers.part(HAT):
+        fig.hat()
     fig.paint_arms(arms, front=True)
     return FigureInfo(view=fig.view, logo_visible=logo_visible, backpack_visible=backpack_visible)

@@ -88,6 +88,18 @@ VARIANTS = {  # ablations: what each changes in the identity job
     # prior samples also from the class caption in the scenes that are neither the reference's nor a target's
     "prior-scenes": {"prior_prompts": "other scenes"},
     "no-prior": {"prior_weight": 0.0},  # no prior preservation: instance loss only
+    # the oracle: every UNet weight fine-tuned on the reference with plain MSE, no prior, 800 + 200 steps — what the
+    # base, sampler and judge can show of this person at all (not an adapter)
+    "oracle": {"full_unet": True, "bw_alpha": 1.0, "mask_attention_weight": 1.0, "prior_weight": 0.0, "lr": 1e-4,
+               "optimizer": "adamw", "stage1_steps": 800, "stage2_steps": 200},
+    "region-norm": {"identity_norm": "region"},  # eq. 1's means over each region instead of the frame
+    # DreamBooth's diverse class prior: class videos in the held-out scenes, each in a held-out built-in motion on
+    # its own skeletons (none in the reference's poses), weight 0.3, region-normalised identity term
+    "diverse-prior": {"prior_prompts": "other scenes", "prior_motions": "other motions", "prior_reference": False,
+                      "prior_weight": 0.3, "identity_norm": "region"},
+    # the same, and the person pasted onto the held-out scenes with captions naming them (decoupling)
+    "composite": {"prior_prompts": "other scenes", "prior_motions": "other motions", "prior_reference": False,
+                  "prior_weight": 0.3, "identity_norm": "region", "composite_scenes": "other scenes"},
 }
 # Columns without training: the rendered target clip (ceiling), the base from the class caption (floor) and the base
 # from the person's full written appearance (description: what the base can draw of this person from text alone).
@@ -166,9 +178,11 @@ def run_attention(scn: AttentionScenario, base_path: str | None) -> dict:
     from aa_runtime.pipeline import AnimatePipeline
     from aa_runtime.poses import PoseSequence, render_skeletons
     from aa_train.attention import cross_attention_entropy
-    from aa_world.captions import full_caption
+    from aa_train.grounding import (part_attention_mass, person_attention_entropy, reset_grounding_attention,
+                                    set_grounding_attention, token_regions)
     from aa_world.clips import render_clip, sample_clip_spec
     from aa_world.judge import Judge
+    from aa_world.parts import PARTS, PERSON_PARTS
 
     base = load_base(base_path)
     pipe = AnimatePipeline.from_base(base)
@@ -177,35 +191,67 @@ def run_attention(scn: AttentionScenario, base_path: str | None) -> dict:
     rng = np.random.default_rng(scn.seed)
     gen = torch.Generator().manual_seed(scn.seed)
     per: dict[str, dict[int, list[float]]] = {}
+    mass: dict[str, list[float]] = {}  # region → per (clip, timestep) share of its words' attention inside it
+    person_entropy: dict[int, list[float]] = {}  # timestep → per clip, the person pixels' normalised entropy
+    area: dict[str, list[float]] = {}  # region → its share of the frame where visible (the mass at chance)
     for _ in range(scn.clips):
         clip = render_clip(sample_clip_spec(rng, split="eval", frames=scn.frames, fps=8.0, size=size))
         z = pipe.encode_images(clip.frames, 16)  # (1, 4, F, h, w)
         p = pipe.encode_images(render_skeletons(PoseSequence(clip.keypoints, size, size, 8.0)), 16)
-        text = pipe.encode_prompt(full_caption(clip.identity, clip.spec.motion, clip.spec.scene, clip.spec.objects))
+        text = pipe.encode_prompt(clip.caption)
+        bits = token_regions(base.tokenizer, [clip.caption], [clip.caption_spans], text.shape[1])
+        for name in {region for _, _, region in clip.caption_spans}:
+            labels = [PARTS.index(n) for n in (PERSON_PARTS if name == "person" else (name,))]
+            share = np.isin(clip.parts, labels).mean((1, 2))
+            if share.any():
+                area.setdefault(name, []).append(float(share[share > 0].mean()))
         for t in scn.timesteps:
             a = acp[t]
             noisy = a.sqrt() * z + (1 - a).sqrt() * torch.randn(z.shape, generator=gen)
-            ratios = cross_attention_entropy(base.unet, torch.cat([noisy, p], 1).to(base.unet.dtype),
-                                             torch.tensor([t]), text.repeat(scn.frames, 1, 1).to(base.unet.dtype))
+            sample, texts = torch.cat([noisy, p], 1).to(base.unet.dtype), text.repeat(scn.frames, 1, 1).to(base.unet.dtype)
+            ratios = cross_attention_entropy(base.unet, sample, torch.tensor([t]), texts)
             for layer, r in ratios.items():
                 per.setdefault(layer, {}).setdefault(t, []).append(r)
+            store = set_grounding_attention(base.unet)
+            try:
+                with torch.no_grad():
+                    base.unet(sample, torch.tensor([t]), encoder_hidden_states=texts)
+                labels = torch.from_numpy(clip.parts)
+                for name, v in part_attention_mass(store.maps, labels, bits.repeat(scn.frames, 1)).items():
+                    mass.setdefault(name, []).append(v)
+                e = person_attention_entropy(store.maps, labels)
+                if e is not None:
+                    person_entropy.setdefault(t, []).append(e)
+            finally:
+                reset_grounding_attention(base.unet, store)
     layers = {layer: {str(t): float(np.mean(v)) for t, v in ts.items()} for layer, ts in per.items()}
     mean = {str(t): float(np.mean([v[str(t)] for v in layers.values()])) for t in scn.timesteps}
-    return {"scenario": asdict(scn), "meta": _meta(base, Judge.load()), "layers": layers, "mean": mean}
+    regions = {name: {"mass": float(np.mean(mass[name])), "area": float(np.mean(area.get(name, [0.0])))}
+               for name in PARTS + ("person",) if name in mass}
+    return {"scenario": asdict(scn), "meta": _meta(base, Judge.load()), "layers": layers, "mean": mean,
+            "person_mean": {str(t): float(np.mean(v)) for t, v in person_entropy.items()}, "regions": regions}
 
 
 def variant_settings(scn: IdentityScenario, variant: str, class_word: str, ref_scene: str) -> dict:
     """The identity job's settings for one variant: the scenario's steps, then VARIANTS' changes with their
     placeholders filled in."""
     from aa_world.captions import class_caption
+    from aa_world.motions import MOTIONS
     from aa_world.scenes import SCENES
 
     changes = dict(VARIANTS[variant])
     if changes.get("stage2_steps") == "total":
         changes["stage2_steps"] = scn.stage1_steps + scn.stage2_steps
-    if changes.get("prior_prompts") == "other scenes":  # held out: no target scene is in the prior either
-        changes["prior_prompts"] = tuple(class_caption(class_word, scn.reference_motion, s) for s in SCENES
-                                         if s != ref_scene and s not in scn.target_scenes)
+    held_out = [s for s in SCENES if s != ref_scene and s not in scn.target_scenes]  # no target scene either
+    motions = [m for m in MOTIONS if m != scn.reference_motion and m not in {m for _, m in scn.targets}]
+    if changes.get("prior_motions") == "other motions":  # prompt k names the motion that drives its video
+        changes["prior_motions"] = tuple(motions)
+        changes["prior_prompts"] = tuple(class_caption(class_word, motions[k % len(motions)], s)
+                                         for k, s in enumerate(held_out))
+    elif changes.get("prior_prompts") == "other scenes":
+        changes["prior_prompts"] = tuple(class_caption(class_word, scn.reference_motion, s) for s in held_out)
+    if changes.get("composite_scenes") == "other scenes":
+        changes["composite_scenes"] = tuple(held_out)
     return {"stage1_steps": scn.stage1_steps, "stage2_steps": scn.stage2_steps} | changes
 
 
@@ -344,6 +390,16 @@ def write_reports(name: str, result: dict, stem: str | None = None) -> tuple[Pat
         for layer, v in result["layers"].items():
             lines.append(f"| {layer} | " + " | ".join(f"{v[t]:.3f}" for t in ts) + " |")
         lines.append("| **mean** | " + " | ".join(f"**{result['mean'][t]:.3f}**" for t in ts) + " |")
+        if "person_mean" in result:
+            lines.append("| person pixels only | " + " | ".join(f"{result['person_mean'].get(t, float('nan')):.3f}"
+                                                            for t in ts) + " |")
+        if "regions" in result:
+            lines += ["", "Per region: the share of its words' attention mass (over the pixels, mean over layers, "
+                      "heads, tokens, timesteps and clips) that falls inside it, against its share of the frame "
+                      "(the mass if attention ignored where the region is). 'person' = the class word.", "",
+                      "| region | attention mass inside | area | mass / area |", "|---|---|---|---|"]
+            for region, v in result["regions"].items():
+                lines.append(f"| {region} | {v['mass']:.3f} | {v['area']:.3f} | {v['mass'] / max(v['area'], 1e-9):.1f}× |")
     elif name == "base":
         lines += ["| metric | generated (mean ± sd) | ground-truth ceiling |", "|---|---|---|"]
         for k in METRICS:

@@ -1,9 +1,8 @@
 """UNet backends: onnxruntime samples the same video as eager torch; selection errors are one line; the
-throughput benchmark's JSON has its documented fields and ratios of its own medians."""
+throughput benchmark's numbers match values known without its code (a fake clock, a FLOP count from hooks)."""
 from __future__ import annotations
 
 import json
-import statistics
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ from click.testing import CliRunner
 
 from aa_runtime.backends import OnnxRuntimeBackend, UNetShapes, export_unet_onnx, make_backend
 from aa_runtime.errors import AAError
+from aa_runtime.model import load_base
 
 NO_GPU = "needs an NVIDIA GPU with CUDA; none is visible to torch here — run it on a GPU machine with " \
          "`pip install 'animate-anywhere[gpu]'`, or use the onnxruntime backend on a CPU"
@@ -120,9 +120,90 @@ def test_aa_run_tensorrt_without_gpu_prints_one_line(tiny_bundle, tmp_path):
     assert r.output.strip() == f"error: tensorrt backend: {NO_GPU}"
 
 
-def test_throughput_json_fields_and_ratios(tiny_bundle, tmp_path):
+class FakeClock:
+    """Stands in for the benchmark module's `time`: perf_counter advances by `tick` per reading and by whatever the
+    timed backends add, never by the real time taken; the rest is the real module."""
+
+    tick = 2.0 ** -10
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += self.tick
+        return self.now
+
+    def __getattr__(self, name):
+        import time
+
+        return getattr(time, name)
+
+
+class TimedBackend:
+    """A real backend whose every call takes `seconds` on the fake clock."""
+
+    def __init__(self, backend, seconds: float, clock: FakeClock):
+        self.backend, self.seconds, self.clock = backend, seconds, clock
+
+    def __call__(self, *args):
+        out = self.backend(*args)
+        self.clock.now += self.seconds
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+
+def hooked_flops(unet, inputs) -> int:
+    """FLOPs of one forward counted from the layers themselves (2 per multiply-add): every Conv2d, every Linear, and
+    the two products of each attention (QKᵀ and weights × V)."""
+    from diffusers.models.attention_processor import Attention
+
+    total = [0]
+
+    def conv(m, args, out):
+        total[0] += 2 * out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+
+    def linear(m, args, out):
+        total[0] += 2 * out.numel() * m.in_features
+
+    def attention(m, args, kwargs, out):
+        x = args[0] if args else kwargs["hidden_states"]  # (B, Lq, C)
+        ctx = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
+        keys = (x if ctx is None else ctx).shape[1]
+        total[0] += 2 * 2 * x.shape[0] * x.shape[1] * keys * m.to_q.out_features
+
+    hooks = []
+    for m in unet.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            hooks.append(m.register_forward_hook(conv))
+        elif isinstance(m, torch.nn.Linear):
+            hooks.append(m.register_forward_hook(linear))
+        elif isinstance(m, Attention):
+            hooks.append(m.register_forward_hook(attention, with_kwargs=True))
+    try:
+        with torch.no_grad():
+            unet(inputs[0], inputs[1], encoder_hidden_states=inputs[2])
+    finally:
+        for h in hooks:
+            h.remove()
+    return total[0]
+
+
+def test_throughput_json_fields_and_ratios(tiny_bundle, tmp_path, monkeypatch):
+    """Every number of the throughput JSON against a value known without the benchmark's code: the timings run on a
+    fake clock where a torch call takes 0.25 s and an onnxruntime call 0.125 s (plus 2⁻¹⁰ s per clock reading, which
+    is also all the peak matmul takes), so medians, rates and ratios have values worked out by hand; the FLOP count
+    must equal a count made with forward hooks on every convolution, linear layer and attention product."""
+    import aa_export.throughput as tp
     from aa_export.throughput import Scenario, ThroughputConfig, run_throughput
 
+    clock = FakeClock()
+    seconds = {"torch": 0.25, "onnxruntime": 0.125}
+    build = tp.make_bench_backend
+    monkeypatch.setattr(tp, "time", clock)
+    monkeypatch.setattr(tp, "make_bench_backend", lambda name, *a: TimedBackend(build(name, *a), seconds[name], clock)
+                        if name in seconds else build(name, *a))
     tiny = Scenario("tiny-test", "aa-tiny", 64, 64, frames=4, clip_frames=6, steps=2, overlap=1, repeats=1, warmup=0,
                     backends=("torch", "onnxruntime", "tensorrt"), pipeline=True)
     chosen = (tiny, "sd15-512px-16f") if not torch.cuda.is_available() else (tiny,)
@@ -130,31 +211,37 @@ def test_throughput_json_fields_and_ratios(tiny_bundle, tmp_path):
                            bundle=str(tiny_bundle), merge_ranks=(), out_dir=tmp_path)
     run_throughput(cfg)
     r = json.loads((tmp_path / "throughput.json").read_text())
-    assert r["format"] == "aa-bench-throughput/1" and r["peak"]["tflops"] > 0 and "measured" in r["peak"]["source"]
+    assert r["format"] == "aa-bench-throughput/1" and "measured" in r["peak"]["source"]
+    peak = 2 * 2048 ** 3 / FakeClock.tick / 1e12  # one 2048² matmul per reading pair
+    assert r["peak"]["tflops"] == pytest.approx(peak, rel=1e-9)
     assert {"cpu", "threads", "torch", "onnxruntime"} <= r["host"].keys()
     s = r["scenarios"][0]
-    assert s["status"] == "ok" and s["flops_per_call"] > 1e9 and f"bundle {tiny_bundle}" in s["model_source"]
-    assert s["shapes"]["frames"] == 4 and s["windows_per_clip"] == 2
+    assert s["status"] == "ok" and f"bundle {tiny_bundle}" in s["model_source"]
+    shapes = UNetShapes(**s["shapes"])
+    assert (shapes.batch, shapes.frames, shapes.height, shapes.width) == (2, 4, 16, 16)
+    sample, timestep, text = shapes.example_inputs()
+    assert s["flops_per_call"] == hooked_flops(load_base(tiny_bundle).unet, (sample, timestep[0].long(), text))
+    assert s["windows_per_clip"] == 2  # 6 frames in windows of 4 sharing 1: [0, 4) and [2, 6)
     rows = {b["backend"]: b for b in s["backends"]}
     assert rows["tensorrt"]["status"] == "skipped" and "GPU" in rows["tensorrt"]["reason"]
-    eager = rows["torch"]
-    for name in ("torch", "onnxruntime"):
-        b = rows[name]
-        assert b["status"] == "ok" and len(b["times_s"]) == 1
-        for key in ("median_s", "evals_per_s", "s_per_step", "clip_frames_per_s", "tflops", "peak_fraction",
-                    "peak_mem_gib", "peak_mem_increase_gib", "max_abs_vs_eager", "speedup_vs_eager", "setup_s"):
-            assert isinstance(b[key], float), key
-        assert b["median_s"] == statistics.median(b["times_s"])
-        assert b["speedup_vs_eager"] == pytest.approx(eager["median_s"] / b["median_s"], rel=1e-12)
-        assert b["evals_per_s"] == pytest.approx(2 / b["median_s"], rel=1e-12)
-        assert b["tflops"] == pytest.approx(s["flops_per_call"] / b["median_s"] / 1e12, rel=1e-12)
-        assert b["peak_fraction"] == pytest.approx(b["tflops"] / r["peak"]["tflops"], rel=1e-12)
-        assert b["clip_frames_per_s"] == pytest.approx(6 / (2 * 2 * b["s_per_step"]), rel=1e-12)
-        assert b["peak_mem_gib"] > 0.1
-    assert eager["speedup_vs_eager"] == 1.0 and eager["max_abs_vs_eager"] == 0.0
-    assert rows["onnxruntime"]["max_abs_vs_eager"] <= 1e-4
+    for name, call_s in seconds.items():
+        b, med = rows[name], call_s + FakeClock.tick
+        assert b["status"] == "ok" and b["times_s"] == [pytest.approx(med, rel=1e-9)]
+        assert b["median_s"] == pytest.approx(med, rel=1e-9) and b["setup_s"] == pytest.approx(med, rel=1e-9)
+        assert b["evals_per_s"] == pytest.approx(2 / med, rel=1e-9)  # batch 2: one CFG call is 2 evaluations
+        assert b["s_per_step"] == pytest.approx(med, rel=1e-9)  # one step of one window = one batch-2 call
+        assert b["clip_frames_per_s"] == pytest.approx(6 / (2 * 2 * med), rel=1e-9)  # 2 steps × 2 windows
+        assert b["tflops"] == pytest.approx(s["flops_per_call"] / med / 1e12, rel=1e-9)
+        assert b["peak_fraction"] == pytest.approx(s["flops_per_call"] / med / 1e12 / peak, rel=1e-9)
+        assert b["speedup_vs_eager"] == pytest.approx((0.25 + FakeClock.tick) / med, rel=1e-9)
+        assert b["peak_mem_gib"] > 0.1 and isinstance(b["peak_mem_increase_gib"], float)
+    assert rows["torch"]["max_abs_vs_eager"] == 0.0 and rows["onnxruntime"]["max_abs_vs_eager"] <= 1e-4
     pipeline = {p["backend"]: p for p in s["pipeline"]}
-    assert pipeline["onnxruntime"]["max_level_diff_vs_eager"] <= 2 and pipeline["torch"]["unet_evals"] == 8
+    for name, call_s in seconds.items():  # 2 steps × 2 windows = 4 batch-2 calls per clip
+        assert pipeline[name]["unet_evals"] == 8
+        assert pipeline[name]["clip_s"] == pytest.approx(4 * call_s + FakeClock.tick, rel=1e-9)
+        assert pipeline[name]["clip_frames_per_s"] == pytest.approx(6 / (4 * call_s + FakeClock.tick), rel=1e-9)
+    assert pipeline["onnxruntime"]["max_level_diff_vs_eager"] <= 2
     if len(r["scenarios"]) > 1:
         assert r["scenarios"][1]["status"] == "skipped" and "cuda only" in r["scenarios"][1]["reason"]
     md = (tmp_path / "throughput.md").read_text()

@@ -157,3 +157,37 @@ def test_latents_encoded_in_rank_blocks_join_in_order(tmp_path):
     two = load_file(str(file))
     for a, b in zip(one, (two["latents"], two["pose_latents"])):
         torch.testing.assert_close(a.float(), b.float(), rtol=0, atol=2e-3)  # fp16; batch-size rounding only
+
+
+def test_train_base_runs_every_module_and_batch_on_the_accelerator_device(tmp_path, tiny_bundle, monkeypatch):
+    """Each UNet, VAE and text-encoder call sees its inputs on the module's device, and that device is
+    accelerate's (the CPU here, the GPU where one is present); grounding losses land in the provenance."""
+    from accelerate import PartialState
+
+    import aa_train.base as base_mod
+
+    seen = []
+
+    def check(module, args, kwargs):
+        device = next(module.parameters()).device
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        seen.append((type(module).__name__, device, {t.device for t in tensors}))
+
+    def load_with_hooks(path):
+        b = load_base(path)
+        for m in (b.unet, b.vae.encoder, b.text_encoder):  # the VAE runs through encode(), not forward()
+            m.register_forward_pre_hook(check, with_kwargs=True)
+        return b
+
+    monkeypatch.setattr(base_mod, "load_base", load_with_hooks)
+    cfg = base_mod.BaseTrainConfig(output=tmp_path / "out", data="world:2", stages=("image", "video"),
+                                   work_dir=tmp_path / "work", frames=2, image_steps=2, video_steps=1, image_batch=2,
+                                   video_batch=1, warmup=1, checkpoint_every=2, init=str(tiny_bundle),
+                                   grounding_token_weight=0.5, grounding_pixel_weight=0.05)
+    base_mod.train_base(cfg, log=lambda *_: None)
+    device = PartialState().device
+    assert {name for name, _, _ in seen} >= {"UNetMotionModel", "Encoder", "CLIPTextModel"}
+    assert all(d.type == device.type and devs <= {d} for _, d, devs in seen), seen
+    stages = json.loads((tmp_path / "out" / "aa_bundle.json").read_text())["provenance"]["stages"]
+    assert stages["image"]["grounding_token"] > 0 and stages["image"]["grounding_pixel"] > 0
+    assert "grounding_token" not in stages["video"]

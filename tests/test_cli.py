@@ -59,6 +59,16 @@ def test_aa_run_frames_default_to_the_pose_duration(tiny_bundle, pose_json, tmp_
     (["--pose", "P", "--device", "tpu"], "device: tpu"),
     (["--pose", "P", "--dtype", "float16", "--device", "cpu"], "float16 on cpu"),
     (["--pose", "P", "--base", "/nonexistent/base"], "base model: /nonexistent/base does not exist"),
+    # numbers are checked as given (before: a traceback from the motion generator, or 0 read as "the default")
+    (["--motion", "wave", "--frames", "-3"], "frames: -3"),
+    (["--motion", "wave", "--frames", "0"], "frames: 0"),
+    (["--pose", "P", "--frames", "0"], "frames: 0"),
+    (["--motion", "wave", "--fps", "0"], "fps: 0.0"),
+    (["--motion", "wave", "--fps", "nan"], "fps: nan"),
+    (["--motion", "wave", "--steps", "0"], "steps: 0"),
+    (["--motion", "wave", "--width", "8"], "motion width: 8"),
+    (["--motion", "wave", "--window", "0"], "window: 0"),
+    (["--motion", "wave", "--window", "4", "--overlap", "4"], "overlap: 4"),
 ])
 def test_bad_inputs_are_one_line(tiny_bundle, pose_json, tmp_path, args, expected):
     args = [str(pose_json) if a == "P" else a for a in args]
@@ -84,6 +94,31 @@ def test_no_traceback_in_a_real_process(tiny_bundle, tmp_path):
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0
     assert "cannot be decoded" in r.stderr or "no person" in r.stderr or "mediapipe" in r.stderr
+
+
+def test_negative_frames_is_one_line_in_a_real_process(tmp_path):
+    """The issue's command: a traceback (ValueError from the motion generator, exit 1) before the fix."""
+    r = subprocess.run([sys.executable, "-m", "aa_runtime.cli", "--prompt", "hi", "--motion", "wave", "--frames", "-3",
+                        "-o", str(tmp_path / "e.mp4")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == "error: frames: -3 — use 1 or more frames, e.g. --frames 16"
+    assert not list(tmp_path.iterdir())
+
+
+def test_sidecar_records_the_windows_that_ran(tiny_bundle, tmp_path):
+    """A --window longer than the clip runs as one window of the clip's length: the sidecar says so (it said 16/4)."""
+    out = tmp_path / "w.mp4"
+    res = CliRunner().invoke(main, ["--base", str(tiny_bundle), "--prompt", "a man", "--motion", "wave", "--frames",
+                                    "6", "--window", "16", "--steps", "1", "--no-gif", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert (side["window"], side["overlap"], side["windows"]) == (6, 0, [[0, 6]])
+    res = CliRunner().invoke(main, ["--base", str(tiny_bundle), "--prompt", "a man", "--motion", "wave", "--frames",
+                                    "6", "--window", "4", "--overlap", "1", "--steps", "1", "--no-gif", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    side = json.loads(out.with_suffix(".json").read_text())
+    # windows [0, 4) and [2, 6): the last one ends at the clip's end, so neighbours share 2 frames, not 1
+    assert (side["window"], side["overlap"], side["windows"]) == (4, 2, [[0, 4], [2, 6]])
 
 
 def test_pose_video_with_sidecar(tiny_bundle, tmp_path):

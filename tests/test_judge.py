@@ -300,3 +300,25 @@ def test_demo_scores_its_videos_from_the_written_mp4(tmp_path):
     assert abs(rows["adapter"]["id_accuracy"] - rows["ceiling"]["id_accuracy"]) <= 0.1
     assert rows["no adapter"]["id_accuracy"] <= rows["adapter"]["id_accuracy"] - 0.1
     assert rows["adapter"]["scene_accuracy"] == rows["no adapter"]["scene_accuracy"] == 1.0
+
+
+def test_demo_frame_grid_shows_each_video_in_its_row(tmp_path):
+    """The grid PNG holds four rows (reference, adapter, no adapter, ceiling) of 8 frames each, ×3 nearest: the
+    pixels of a row are the sampled frames of that video (the reference read back from its mp4)."""
+    from PIL import Image
+
+    from aa_runtime.video import read_video, write_video
+    from aa_train.demo import REFERENCE, TARGET, frame_grid
+    from aa_world.clips import ClipSpec, render_clip
+
+    own = render_clip(ClipSpec(identity_seed=REFERENCE["identity_seed"], scene_seed=101, **TARGET))
+    ref = write_video(tmp_path / "ref.mp4", own.frames[:12], 8.0)
+    a = write_video(tmp_path / "a.mp4", own.frames, 8.0)
+    b = write_video(tmp_path / "b.mp4", np.zeros_like(own.frames), 8.0)
+    sheet = np.asarray(Image.open(frame_grid(tmp_path / "grid.png", ref, a, b)))
+    assert sheet.shape == (4 * 64 * 3, 80 + 8 * 64 * 3, 3)
+    adapter_row = sheet[64 * 3:2 * 64 * 3, 80:]
+    first = read_video(a).frames[0]
+    assert np.array_equal(adapter_row[::3, :64 * 3:3], first)  # the first sampled frame, nearest-upscaled
+    assert sheet[2 * 64 * 3:3 * 64 * 3, 80:].max() < 30  # the black no-adapter video
+    assert np.array_equal(sheet[3 * 64 * 3:, 80:][::3, :64 * 3:3], own.frames[0])  # the lossless ceiling

@@ -19,6 +19,17 @@ def test_bw_loss_matches_the_formula_on_a_hand_made_tensor():
     assert background_weakening_loss(pred, target, fore, 0.0).item() == pytest.approx(5 / 4)  # foreground only
 
 
+def test_bw_loss_region_norm_averages_each_region_on_its_own():
+    pred = torch.zeros(1, 1, 1, 2, 2)
+    target = torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, 1, 1, 2, 2)  # squared errors 1, 4, 9, 16
+    fore = torch.tensor([1.0, 0.0, 0.0, 0.0]).view(1, 1, 1, 2, 2)  # the person covers one pixel of four
+    # person mean 1 / 1, background mean (4 + 9 + 16) / 3
+    assert background_weakening_loss(pred, target, fore, 0.1, "region").item() == pytest.approx(1 + 0.1 * 29 / 3)
+    assert background_weakening_loss(pred, target, fore, 0.1, "frame").item() == pytest.approx(1 / 4 + 0.1 * 29 / 4)
+    with pytest.raises(ValueError, match="norm"):
+        background_weakening_loss(pred, target, fore, 0.1, "pixels")
+
+
 def test_bw_loss_broadcasts_masks_over_channels():
     g = torch.Generator().manual_seed(0)
     pred, target = torch.randn(2, 4, 3, 8, 8, generator=g), torch.randn(2, 4, 3, 8, 8, generator=g)
@@ -43,7 +54,7 @@ class _Attn(torch.nn.Module):
     def __init__(self, dim=2):
         super().__init__()
         self.heads, self.group_norm, self.residual_connection, self.rescale_output_factor = 1, None, False, 1.0
-        self.norm_cross = None
+        self.norm_cross, self.scale = None, dim ** -0.5  # diffusers' default scale: 1/√(head dim)
         self.to_q = self.to_k = self.to_v = torch.nn.Identity()
         self.to_out = torch.nn.ModuleList([torch.nn.Identity(), torch.nn.Identity()])
 

@@ -159,3 +159,26 @@ def test_bundle_round_trip_and_fingerprint(tiny_base, tiny_bundle, tmp_path):
     save_file(sd, str(half / "unet" / "diffusion_pytorch_model.safetensors"))
     with pytest.raises(AAError, match="fingerprint"):
         load_base(half)
+
+
+def test_random_base_leaves_no_temporary_folder(tmp_path, monkeypatch):
+    """build_random_base trains its tokenizer in a temporary folder; it used to leave one `aa-tok-*` folder behind per
+    call. The tokenizer still reaches a saved bundle intact: the bundle's copy tokenizes as the in-memory one does."""
+    import tempfile
+
+    from aa_runtime.model import TinyConfig, build_random_base, save_bundle
+    from aa_runtime.tokenizer import load_clip_tokenizer
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    cfg = TinyConfig(unet_channels=(16, 16), unet_layers=1, unet_heads=2, motion_heads=2, text_dim=16)
+    bases = [build_random_base(cfg, seed=s) for s in (0, 1)]
+    assert list(scratch.iterdir()) == []
+    bundle = save_bundle(bases[0], tmp_path / "b", half=False)
+    assert list(scratch.iterdir()) == []
+    loaded = load_clip_tokenizer(bundle / "tokenizer")
+    text = "a woman in a green shirt dancing in a snow field"
+    assert loaded(text).input_ids == bases[0].tokenizer(text).input_ids
+    assert len(bases[0].tokenizer(text).input_ids) > 3  # words, not one unknown token
+    assert load_base(bundle).fingerprint == bases[0].fingerprint

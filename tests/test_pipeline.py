@@ -78,10 +78,56 @@ def test_overlapping_windows_cover_every_frame_and_run_any_length(pipe):
     assert np.abs(out.frames.astype(int) - whole.frames).mean() > 0  # windows see less context: not identical
 
 
+class OracleDenoiser:
+    """A UNet stand-in that knows the clean latents x0 (1, 4, F, h, w): it returns the exact noise of its input,
+    ε = (x − √ᾱ_t·x0) / √(1 − ᾱ_t), with ᾱ the scaled-linear schedule of the base's scheduler config, computed here by
+    hand in float64 (not by diffusers)."""
+
+    name = "oracle"
+
+    def __init__(self, x0: torch.Tensor, config: dict):
+        assert (config["beta_schedule"], config["num_train_timesteps"], config["prediction_type"]) == \
+            ("scaled_linear", 1000, "epsilon")
+        betas = torch.linspace(config["beta_start"] ** 0.5, config["beta_end"] ** 0.5, 1000, dtype=torch.float64) ** 2
+        self.acp, self.x0 = torch.cumprod(1 - betas, 0), x0.double()
+        self.calls: list[tuple[int, torch.Tensor]] = []  # (timestep, latent channels of the input) per call
+
+    def __call__(self, sample, timestep, text):  # sample (B, 8, F, h, w): 4 latent + 4 pose channels
+        self.calls.append((int(round(float(timestep))), sample[:, :4].clone()))
+        a = self.acp[self.calls[-1][0]]
+        eps = (sample[:, :4].double() - a.sqrt() * self.x0) / (1 - a).sqrt()
+        return eps.float()
+
+
 @pytest.mark.parametrize("scheduler", ["ddim", "dpm++", "euler"])
-def test_each_scheduler_gives_finite_video(pipe, poses, scheduler):
-    out = pipe("a man", poses, scheduler=scheduler, seed=0, **FAST)
-    assert out.frames.shape == (4, 64, 64, 3) and out.frames.std() > 0
+def test_each_scheduler_reaches_the_clean_latents_given_the_exact_noise(pipe, poses, scheduler):
+    """With a denoiser that predicts the exact noise, every sampler must land on the clean latents: DPM-Solver++ and
+    Euler end at σ = 0, so on x0 itself; DDIM (η = 0) keeps the starting noise direction ε and ends at ᾱ_0 (the
+    config has set_alpha_to_one = false), i.e. on √ᾱ_0·x0 + √(1 − ᾱ_0)·ε with ε from the initial noise x_T at the
+    first timestep, 1000 // 8 · 7 + 1 = 876 (leading spacing, offset 1). The first model input must be the
+    variance-preserving x_t = √ᾱ_t·x0 + √(1 − ᾱ_t)·noise whatever the sampler's own parametrisation (init noise
+    sigma and input scaling: for Euler, x_T·√(σ_max² + 1) / √(σ_t² + 1)); its std is checked to 5 % (4096 values: the
+    sampling error of a std is ~1 %). Checks the pipeline's scheduler wiring, not the network. Tolerance on the end
+    point 1e-4: float32 rounding over 8 steps is ~1e-6 here, while a wrong coefficient misses by more than 1e-2."""
+    from aa_runtime.pipeline import initial_noise
+
+    x0 = torch.randn((1, 4, 4, 16, 16), generator=torch.Generator().manual_seed(5)) * 0.8  # (B, C, F, h, w)
+    oracle = OracleDenoiser(x0, pipe.scheduler_config)
+    pipe.set_backend(oracle)
+    captured = {}
+    pipe.decode_latents = lambda latents, chunk: captured.setdefault("z", latents.clone()).new_zeros(0)
+    pipe("a man", poses, scheduler=scheduler, seed=9, num_inference_steps=8, progress=False)
+    t, first = oracle.calls[0]
+    a = float(oracle.acp[t])
+    assert first.std().item() == pytest.approx((a * x0.var().item() + 1 - a) ** 0.5, rel=0.05)
+    if scheduler == "ddim":
+        acp = oracle.acp.float()
+        x_t = initial_noise(x0.shape, 9)  # DDIM's init noise sigma is 1
+        eps = (x_t - acp[876].sqrt() * x0) / (1 - acp[876]).sqrt()
+        expected = acp[0].sqrt() * x0 + (1 - acp[0]).sqrt() * eps
+    else:
+        expected = x0
+    torch.testing.assert_close(captured["z"], expected, rtol=0, atol=1e-4)
 
 
 def test_resamples_pose_source_to_requested_frames(pipe):
@@ -94,21 +140,42 @@ def test_resamples_pose_source_to_requested_frames(pipe):
     (dict(prompt=""), "prompt"),
     (dict(height=60), "height: 60"),
     (dict(width=8), "width: 8"),
-    (dict(num_frames=0), None),  # 0 frames means "from the pose source"; not an error
+    (dict(height=0), "height: 0"),  # 0 is refused, not read as "the default"
+    (dict(num_frames=0), "frames: 0"),
+    (dict(num_frames=-3), "frames: -3"),
+    (dict(fps=0.0), "fps: 0.0"),
+    (dict(fps=float("nan")), "fps: nan"),
+    (dict(num_inference_steps=0), "steps: 0"),
     (dict(num_inference_steps=5000), "steps: 5000"),
     (dict(guidance_scale=0.5), "guidance: 0.5"),
     (dict(scheduler="plms"), "scheduler"),
+    (dict(window=0), "window: 0"),
     (dict(window=64), "window: 64"),
-    (dict(window=4, overlap=4), None),  # overlap is clamped below the window
+    (dict(window=4, overlap=4), "overlap: 4"),  # an overlap given as long as the window is refused, not clamped
+    (dict(overlap=-1), "overlap: -1"),
 ])
 def test_check_inputs(pipe, poses, kwargs, expected):
     args = dict(prompt="a man", poses=poses, num_inference_steps=1, progress=False) | kwargs
-    if expected is None:
-        pipe(args.pop("prompt"), args.pop("poses"), **args)
-        return
     with pytest.raises(AAError, match=expected) as e:
         pipe(args.pop("prompt"), args.pop("poses"), **args)
     assert "\n" not in str(e.value)
+
+
+def test_output_records_the_windows_that_ran(pipe):
+    """Defaults resolve to what the sampler runs, and the output says what that was: a window longer than the clip
+    runs as one window of the clip's length with no overlap (and gives the frames that window/overlap give when asked
+    for); the default overlap (4) is shortened to fit a short window. Window lists written out by hand."""
+    four = PoseSequence(stick_figure(4, shift=1.0), 64, 64, 8)
+    out = pipe("a man walking", four, window=16, overlap=2, seed=0, **FAST)
+    assert (out.windows, out.window, out.overlap) == ([(0, 4)], 4, 0)
+    same = pipe("a man walking", four, window=out.window, overlap=out.overlap, seed=0, **FAST)
+    np.testing.assert_array_equal(same.frames, out.frames)  # same seed, process and threads: the same frames
+    ten = PoseSequence(stick_figure(10, shift=1.0), 64, 64, 8)
+    out = pipe("a man walking", ten, window=4, seed=0, num_inference_steps=1, progress=False)
+    assert out.window == 4 and out.overlap == 3  # default overlap 4 → window − 1
+    assert out.windows == [(0, 4), (1, 5), (2, 6), (3, 7), (4, 8), (5, 9), (6, 10)]
+    out = pipe("a man walking", ten, window=8, overlap=2, seed=0, num_inference_steps=1, progress=False)
+    assert (out.windows, out.window, out.overlap) == ([(0, 8), (2, 10)], 8, 6)  # the last window ends at frame 10
 
 
 def test_initial_noise_mixes_a_shared_frame_noise_with_unit_variance():

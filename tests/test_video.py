@@ -90,3 +90,20 @@ def test_safetensors_outputs_get_umask_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_the_same_frames_always_give_the_same_mp4(tmp_path):
+    """The identity job trains on the decoded reference video, so writing it must be reproducible. x264's
+    macroblock-tree rate control (as PyAV bundles it) quantised B-frames differently from one encode of the same
+    frames to the next (here 2-7 distinct files in 40 writes), which made two identity runs in one process train
+    on different pixels; write_video turns it off."""
+    from aa_world.clips import ClipSpec, render_clip
+
+    frames = render_clip(ClipSpec(identity_seed=1000, scene="indoor room", scene_seed=0, motion="turn", frames=24,
+                                  fps=8.0, width=64, height=64, seed=0)).frames
+    first = write_video(tmp_path / "a.mp4", frames, 8).read_bytes()
+    decoded = read_video(tmp_path / "a.mp4").frames
+    for i in range(40):
+        path = write_video(tmp_path / f"{i}.mp4", frames, 8)
+        assert path.read_bytes() == first, f"write {i} differs"
+    np.testing.assert_array_equal(read_video(path).frames, decoded)
