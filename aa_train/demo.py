@@ -56,9 +56,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from aa_runtime.cli import RunConfig, quiet_libraries, run
 
+    quiet_libraries()  # before .identity pulls in peft → bitsandbytes, whose import-time notices reach stderr
     from .identity import IdentityTrainConfig, train_identity
 
-    quiet_libraries()
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     t0 = time.time()
     try:
