@@ -80,6 +80,12 @@ def test_denoise_person_weight_below_one_is_refused(tmp_path):
 
     with pytest.raises(AAError, match="denoise-person-weight"):
         BaseTrainConfig(output=tmp_path / "b", denoise_person_weight=0.5)
+    for bad, word in ((dict(grounding_token_weight=-1.0), "grounding-token-weight"),
+                      (dict(grounding_pixel_weight=float("nan")), "grounding-pixel-weight"),
+                      (dict(grounding_pixel_regions="scene"), "grounding-pixel-regions"),
+                      (dict(mixed_precision="fp8"), "mixed-precision")):
+        with pytest.raises(AAError, match=word):
+            BaseTrainConfig(output=tmp_path / "b", **bad)
 
 
 def _tmp_cache():
