@@ -1,5 +1,10 @@
 """Identity adapter files (DESIGN §5): LoRA tensors under diffusers/PEFT names plus `aa_adapter` metadata,
-and merging them into the UNet through peft layers with a finite check."""
+and merging them into the UNet through peft layers with a finite check.
+
+An adapter may also carry its identifier's text embedding (pivotal tuning: the identifier is one token of its own,
+trained with the LoRA). It is stored as a bundled embedding, `bundle_emb.<identifier>.string_to_param.*`, the key
+kohya-ss and the A1111 web UI use for embeddings inside LoRA files; diffusers loads the same tensor with
+`pipe.load_textual_inversion({identifier: tensor})`."""
 from __future__ import annotations
 
 import hashlib
@@ -32,7 +37,30 @@ def spatial_attn2_pattern(projections=ATTN2_PROJECTIONS) -> str:
 
 
 SPATIAL_ATTN2 = spatial_attn2_pattern()
+# how far an identity adapter reaches into the spatial UNet (never the motion modules, conv_in or the time MLPs)
+LORA_REACHES = ("attn2", "attention", "wide")
+
+
+def adapter_target_pattern(reach: str = "attn2", projections=ATTN2_PROJECTIONS) -> str:
+    """The module regex of an identity adapter: attn2 = some of the spatial cross-attention projections (the paper);
+    attention = those plus every spatial self-attention projection and the feed-forward Linears of the same
+    transformer blocks; wide = attention plus the spatial resnets' 3×3 convs."""
+    if reach == "attn2":
+        return spatial_attn2_pattern(projections)
+    block = (r".*attentions\.\d+\.transformer_blocks\.\d+\.(attn1\.(to_q|to_k|to_v|to_out\.0)|attn2\.(" +
+             "|".join(re.escape(p) for p in ATTN2_PROJECTIONS if p in projections) + r")|ff\.net\.(0\.proj|2))")
+    if reach == "attention":
+        return block
+    if reach == "wide":
+        return f"({block})|(.*(down_blocks\\.\\d+|up_blocks\\.\\d+|mid_block)\\.resnets\\.\\d+\\.conv[12])"
+    raise AAError("lora reach", reach, f"use one of {', '.join(LORA_REACHES)}")
 _TENSOR_NAME = re.compile(r"^unet\.(?P<module>.+)\.lora_(?P<ab>[AB])\.weight$")
+_EMBEDDING_NAME = re.compile(r"^bundle_emb\.(?P<token>[^.]+)\.string_to_param\.\*$")
+
+
+def embedding_key(identifier: str) -> str:
+    """The tensor name of an identifier's bundled embedding."""
+    return f"bundle_emb.{identifier}.string_to_param.*"
 
 
 @dataclass
@@ -44,6 +72,7 @@ class Adapter:
     lora_B: dict[str, torch.Tensor]  # module path → (out, r)
     meta: dict
     sha256: str = ""
+    embedding: torch.Tensor | None = None  # the identifier's token embedding (1, D), when it was trained
 
     @property
     def rank(self) -> int:
@@ -79,11 +108,14 @@ def adapter_metadata(*, identifier: str, class_word: str, rank: int, alpha: floa
 
 
 def save_adapter(path: str | Path, lora_A: dict[str, torch.Tensor], lora_B: dict[str, torch.Tensor],
-                 meta: dict, dtype: torch.dtype = torch.float32) -> Path:
-    """Write an adapter file atomically (safetensors; never pickle)."""
+                 meta: dict, dtype: torch.dtype = torch.float32, embedding: torch.Tensor | None = None) -> Path:
+    """Write an adapter file atomically (safetensors; never pickle); `embedding` (1, D): the identifier's token."""
     if set(lora_A) != set(lora_B) or not lora_A:
         raise AAError("adapter tensors", f"{len(lora_A)} A vs {len(lora_B)} B matrices", "give matching non-empty A/B")
     tensors = {}
+    if embedding is not None:
+        vector = embedding.detach().to("cpu", torch.float32).reshape(1, -1).contiguous()
+        tensors[embedding_key(meta["identifier"])] = vector
     for name in sorted(lora_A):
         tensors[f"unet.{name}.lora_A.weight"] = lora_A[name].detach().to("cpu", dtype).contiguous()
         tensors[f"unet.{name}.lora_B.weight"] = lora_B[name].detach().to("cpu", dtype).contiguous()
@@ -153,24 +185,65 @@ def load_adapter(path: str | Path) -> Adapter:
         raise AAError("adapter metadata", f"{path}: '{METADATA_KEY}' is not JSON", "re-create the adapter") from None
     rank = _check_metadata(meta, path)["rank"]
     lora_A, lora_B = {}, {}
+    embedding = None
     for key, t in tensors.items():
         m = _TENSOR_NAME.match(key)
-        if not m:
-            raise AAError("adapter tensor", f"{path}: unexpected tensor {key!r}",
-                          "adapters hold only unet.<module>.lora_A/B.weight tensors")
-        if t.dtype not in FLOAT_DTYPES or t.ndim != 2:
+        e = _EMBEDDING_NAME.match(key)
+        if not (m or e):
+            raise AAError("adapter tensor", f"{path}: unexpected tensor {short_repr(key)}", "adapters hold only "
+                          "unet.<module>.lora_A/B.weight tensors and the identifier's bundle_emb embedding")
+        if e and (e["token"] != meta.get("identifier") or embedding is not None):
+            raise AAError("adapter embedding", f"{path}: {short_repr(key)} is not the embedding of the identifier "
+                          f"{short_repr(meta.get('identifier'))}", "re-create the adapter with aa-train identity")
+        if t.dtype not in FLOAT_DTYPES or t.ndim not in ((2,) if e else (2, 4)):
             raise AAError("adapter tensor", f"{path}: {key} is {str(t.dtype).removeprefix('torch.')} "
-                          f"{tuple(t.shape)}", "expected a 2-D float16/bfloat16/float32/float64 matrix")
+                          f"{tuple(t.shape)}", "expected a float16/bfloat16/float32/float64 matrix (Linear: 2-D; "
+                          "Conv2d: 4-D)")
         if not torch.isfinite(t).all():
             raise AAError("adapter tensor", f"{path}: {key} holds NaN or inf", "the adapter is broken; re-train it")
-        (lora_A if m["ab"] == "A" else lora_B)[m["module"]] = t
+        if e:
+            if t.shape[0] != 1:
+                raise AAError("adapter embedding", f"{path}: {key} has {t.shape[0]} vectors",
+                              "expected one vector (1, D); re-create the adapter")
+            embedding = t.float()
+        else:
+            (lora_A if m["ab"] == "A" else lora_B)[m["module"]] = t
     if set(lora_A) != set(lora_B) or not lora_A:
         raise AAError("adapter", f"{path}: A/B tensors do not pair up", "re-create the adapter")
     for name in lora_A:
-        if lora_A[name].shape[0] != rank or lora_B[name].shape[1] != rank:
+        a, b = lora_A[name], lora_B[name]
+        if a.ndim != b.ndim or a.shape[0] != rank or b.shape[1] != rank or (b.ndim == 4 and b.shape[2:] != (1, 1)):
             raise AAError("adapter", f"{path}: {name} shapes {tuple(lora_A[name].shape)}/{tuple(lora_B[name].shape)} "
                           f"do not match rank {rank}", "re-create the adapter")
-    return Adapter(path, lora_A, lora_B, meta, _file_sha256(path))
+    return Adapter(path, lora_A, lora_B, meta, _file_sha256(path), embedding)
+
+
+def add_identifier_token(tokenizer, text_encoder, identifier: str, embedding: torch.Tensor | None = None) -> int:
+    """Make `identifier` one token of its own (an added token: never split into word pieces), growing the text
+    encoder's embedding table when it is new, and set its vector to `embedding` (1, D) when given. A new token
+    without an embedding starts as the vocabulary's first whole reserved rare word (DreamBooth's rare identifier),
+    else as the mean embedding. Returns the token id."""
+    from .tokenizer import RESERVED_WORDS
+
+    table = text_encoder.get_input_embeddings()
+    if embedding is not None and tuple(embedding.reshape(1, -1).shape) != (1, table.weight.shape[1]):
+        raise AAError("adapter embedding", f"{identifier}: {tuple(embedding.shape)}", f"this text encoder's "
+                      f"embeddings are (1, {table.weight.shape[1]}); use the base it was trained on")
+    vocab = tokenizer.get_vocab()
+    new = identifier not in vocab
+    if new:
+        tokenizer.add_tokens([identifier])
+    tid = tokenizer.convert_tokens_to_ids(identifier)
+    if tid >= table.weight.shape[0]:
+        text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # the row is set below
+        table = text_encoder.get_input_embeddings()
+    with torch.no_grad():
+        if embedding is not None:
+            table.weight[tid] = embedding.reshape(-1).to(table.weight)
+        elif new:
+            rare = [vocab[w + "</w>"] for w in RESERVED_WORDS if w + "</w>" in vocab]
+            table.weight[tid] = table.weight[rare[0]] if rare else table.weight[:tid].mean(0)
+    return tid
 
 
 def attach_lora(unet: torch.nn.Module, rank: int, alpha: float, target_modules: str | list[str],
@@ -196,14 +269,16 @@ def merge_adapter(unet: torch.nn.Module, adapter: Adapter, *, base_fingerprint: 
     if missing:
         raise AAError("adapter", f"{adapter.path}: {len(missing)} target modules not in this UNet (e.g. {missing[0]})",
                       "use an adapter trained for this base architecture")
-    for name in adapter.lora_A:  # B A must have the shape (out, in) of the layer's weight
+    for name in adapter.lora_A:  # B A must have the shape of the layer's weight: (out, in) or (out, in, kh, kw)
         layer = modules[name]
-        got = (adapter.lora_B[name].shape[0], adapter.lora_A[name].shape[1])
-        if not isinstance(layer, torch.nn.Linear) or got != tuple(layer.weight.shape):
-            have = f"{layer.out_features}x{layer.in_features}" if isinstance(layer, torch.nn.Linear) else \
-                type(layer).__name__
-            raise AAError("adapter", f"{adapter.path}: {name} is {got[0]}x{got[1]}, this UNet's layer is {have}",
-                          "use an adapter trained for this base architecture")
+        a, b = adapter.lora_A[name], adapter.lora_B[name]
+        got = (b.shape[0], *a.shape[1:])
+        kind = torch.nn.Linear if a.ndim == 2 else torch.nn.Conv2d
+        if not isinstance(layer, kind) or got != tuple(layer.weight.shape):
+            have = "x".join(map(str, layer.weight.shape)) if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)) \
+                else type(layer).__name__
+            raise AAError("adapter", f"{adapter.path}: {name} is {'x'.join(map(str, got))}, this UNet's layer is "
+                          f"{have}", "use an adapter trained for this base architecture")
     attach_lora(unet, adapter.rank, adapter.alpha, sorted(adapter.lora_A), adapter_name)
     state = {}
     for name in adapter.lora_A:

@@ -103,12 +103,14 @@ class AnimatePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
 
     def set_identity(self, adapter, *, force: bool = False) -> None:
         """Merge an identity adapter into the UNet (once; checked for base match and finite weights)."""
-        from .adapters import merge_adapter
+        from .adapters import add_identifier_token, merge_adapter
 
         if self.identity is not None:
             raise AAError("identity adapter", f"{adapter.path}: an identity ({self.identity.path}) is already merged",
                           "load the base again to switch identities")
         merge_adapter(self.unet, adapter, base_fingerprint=self.fingerprint, force=force)
+        if adapter.embedding is not None:  # pivotal tuning: the identifier is a token of its own
+            add_identifier_token(self.tokenizer, self.text_encoder, adapter.identifier, adapter.embedding)
         self.identity = adapter
         if isinstance(self.backend, TorchBackend):
             self.backend = TorchBackend(self.unet)

@@ -90,6 +90,9 @@ def base_cmd(data, output, stages, work_dir, size, frames, vae_steps, image_step
 @click.option("--lora-targets", default=None, callback=lambda _c, _p, v: None if v is None else tuple(
               t.strip() for t in v.split(",") if t.strip()),
               help="Spatial attn2 projections to adapt, comma list [to_q,to_k,to_v,to_out.0].")
+@click.option("--lora-reach", type=click.Choice(["attn2", "attention", "wide"]), default=None,
+              help="Layers given LoRA: attn2 (the spatial cross-attention, as the paper), attention (+ spatial "
+                   "self-attention and feed-forward), wide (+ the spatial resnets' convs) [attn2].")
 @click.option("--lr", type=float, default=None, help="Learning rate [1e-3].")
 @click.option("--resolution", type=int, default=None, help="Training size in pixels [the base's].")
 @click.option("--frames", "clip_frames", type=int, default=None, help="Frames per stage-2 clip [8].")
@@ -112,6 +115,15 @@ def base_cmd(data, output, stages, work_dir, size, frames, vae_steps, image_step
 @click.option("--composite-scene", "composite_scenes", multiple=True, default=None,
               help="Also train on the person pasted onto this world scene, the caption naming it (repeatable).")
 @click.option("--optimizer", type=click.Choice(["adamw8bit", "adamw"]), default=None, help="[adamw8bit].")
+@click.option("--identifier", type=click.Choice(["pieces", "rare", "pivotal"]), default=None,
+              help="How <NAME> reaches the text encoder: pieces (split into ordinary word pieces, as the paper), "
+                   "rare (a token of its own at a reserved rare word's embedding), pivotal (that token's embedding "
+                   "trained with the LoRA; the adapter carries it) [pieces].")
+@click.option("--token-lr", type=float, default=None, help="Learning rate of the identifier embedding [5e-3].")
+@click.option("--lora-form", type=click.Choice(["free", "key-locked"]), default=None,
+              help="free: LoRA of --rank on the targets (paper); key-locked: Perfusion's rank-one edit of the "
+                   "spatial cross-attention K and V gated to the identifier (with --identifier rare --rank 1 "
+                   "--alpha 1) [free].")
 @click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None,
               help="Checkpoint UNet and motion modules [on with CUDA].")
 @click.option("--pose-backend", type=click.Choice(["auto", "sidecar", "mediapipe", "dwpose"]), default="auto",

@@ -3,7 +3,12 @@
 From one reference video: stage 1 trains LoRA on the spatial cross-attention with frames as independent images
 (motion modules bypassed); stage 2 continues on clips with the motion modules on. Losses: background-weakening
 (eq. 1) + DreamBooth prior preservation on class samples generated once by the base. Mask-guided spatial
-self-attention is active in both stages. Everything but the LoRA matrices stays frozen."""
+self-attention is active in both stages. Everything but the LoRA matrices stays frozen.
+
+The identifier `<name>` is, by default, one token of its own (an added token, started from a reserved rare word) whose
+input embedding trains with the LoRA (pivotal tuning, as Custom Diffusion trains its modifier token); the adapter
+carries that embedding. `identifier="pieces"` keeps the paper's setting: the tokenizer splits `<name>` into
+ordinary pieces shared with other words, and only the LoRA trains."""
 from __future__ import annotations
 
 import hashlib
@@ -18,7 +23,8 @@ from typing import Callable, Literal, NamedTuple
 import numpy as np
 import torch
 
-from aa_runtime.adapters import ATTN2_PROJECTIONS, adapter_metadata, attach_lora, save_adapter, spatial_attn2_pattern
+from aa_runtime.adapters import (ATTN2_PROJECTIONS, LORA_REACHES, adapter_metadata, adapter_target_pattern,
+                                 add_identifier_token, attach_lora, save_adapter)
 from aa_runtime.cli import resolve_device
 from aa_runtime.errors import AAError, MissingDependencyError, atomic_path
 from aa_runtime.model import load_base
@@ -44,6 +50,8 @@ class IdentityTrainConfig:
     rank: int = 8
     alpha: float = 8.0
     lora_targets: tuple[str, ...] = ATTN2_PROJECTIONS  # spatial attn2 projections given LoRA (full_attn2: trained)
+    # attn2: those projections only (paper); attention: + spatial attn1 and feed-forward; wide: + resnet 3×3 convs
+    lora_reach: Literal["attn2", "attention", "wide"] = "attn2"
     lr: float = 1e-3
     stage1_steps: int = 240
     stage2_steps: int = 80
@@ -62,6 +70,13 @@ class IdentityTrainConfig:
     identity_norm: Literal["frame", "region"] = "frame"  # eq. 1's means over the frame (paper) or over each region
     composite_scenes: tuple[str, ...] = ()  # also train on the person pasted onto these world scenes, so captioned
     optimizer: Literal["adamw8bit", "adamw"] = "adamw8bit"
+    # pieces: <name> split into ordinary word pieces (paper); rare: a token of its own, frozen at a reserved rare
+    # word's embedding; pivotal: that token's embedding trained with the LoRA at token_lr
+    identifier: Literal["pieces", "rare", "pivotal"] = "pieces"
+    token_lr: float = 5e-3
+    # free: LoRA of `rank` on the targets (paper); key-locked: Perfusion's key-locked rank-one edit of the spatial attn2
+    # K and V, gated to the identifier (needs identifier=rare): K of the identifier := K of the class word, its V trains
+    lora_form: Literal["free", "key-locked"] = "free"
     full_attn2: bool = False  # ablation: fine-tune the attn2 projections fully instead of LoRA
     full_unet: bool = False  # oracle: fine-tune every UNet weight (no adapter file; the model stays in memory)
     single_frame: bool = False  # ablation: one reference frame instead of the video
@@ -95,6 +110,8 @@ class IdentityTrainConfig:
         if not self.lora_targets or set(self.lora_targets) - set(ATTN2_PROJECTIONS):
             raise AAError("lora-targets", ",".join(self.lora_targets) or "(none)",
                           f"use some of {','.join(ATTN2_PROJECTIONS)}, e.g. --lora-targets to_k,to_v")
+        if self.lora_reach not in LORA_REACHES:
+            raise AAError("lora-reach", self.lora_reach, f"use one of {', '.join(LORA_REACHES)}")
         if not 1 <= self.rank <= 256:
             raise AAError("rank", self.rank, "use 1 to 256")
         for name in ("stage1_steps", "stage2_steps"):
@@ -134,11 +151,30 @@ class IdentityTrainConfig:
             raise AAError("batch/frames", f"{self.image_batch}/{self.clip_frames}", "use ≥ 1")
         if self.optimizer not in ("adamw8bit", "adamw"):
             raise AAError("optimizer", self.optimizer, "use adamw8bit or adamw")
+        if self.identifier not in ("pieces", "rare", "pivotal"):
+            raise AAError("identifier", self.identifier, "use pieces, rare or pivotal")
+        if not 0 <= self.lr <= 1:
+            raise AAError("lr", self.lr, "use a learning rate in [0, 1], e.g. 1e-3")
+        if self.lr == 0 and (self.identifier != "pivotal" or self.full_unet or self.full_attn2):
+            raise AAError("lr", 0, "nothing would train: --lr 0 keeps the LoRA at zero, so give --identifier pivotal "
+                          "(the identifier embedding alone: textual inversion)")
+        if self.lora_form not in ("free", "key-locked"):
+            raise AAError("lora-form", self.lora_form, "use free or key-locked")
+        if self.lora_form == "key-locked" and (self.identifier != "rare" or self.full_unet or self.full_attn2
+                                               or self.lora_reach != "attn2"):
+            raise AAError("lora-form", "key-locked", "the key-locked edit gates on the identifier's own frozen token "
+                          "in the spatial cross-attention: use --identifier rare and the attn2 reach")
+        if self.lora_form == "key-locked" and self.rank != 1:
+            raise AAError("rank", self.rank, "the key-locked edit is rank one: use --rank 1 --alpha 1")
+        if not 0 < self.token_lr <= 1:
+            raise AAError("token-lr", self.token_lr, "use a learning rate in (0, 1], e.g. 5e-3")
 
     @property
     def target_pattern(self) -> str:
         """Module regex of the trained projections; also the adapter's `target_modules`."""
-        return spatial_attn2_pattern(self.lora_targets)
+        if self.lora_form == "key-locked":
+            return adapter_target_pattern("attn2", ("to_k", "to_v"))
+        return adapter_target_pattern(self.lora_reach, self.lora_targets)
 
     @property
     def token(self) -> str:
@@ -196,14 +232,127 @@ def motion_modules_off(unet):
                 b.motion_modules[i] = m
 
 
-def make_optimizer(params, cfg: IdentityTrainConfig):
+def caption_corpus(class_word: str, n: int = 256, seed: int = 0) -> list[str]:
+    """Captions like the ones the identifier will meet: the world's full descriptions and class captions of the
+    class in every scene and motion (the key-locked edit's statistics of ordinary text states)."""
+    from aa_world.captions import class_caption, full_caption
+    from aa_world.identity import sample_identity
+    from aa_world.motions import MOTIONS
+    from aa_world.scenes import SCENES
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        motion, scene = MOTIONS[int(rng.integers(len(MOTIONS)))], SCENES[int(rng.integers(len(SCENES)))]
+        out.append(full_caption(sample_identity(int(rng.integers(2**31))), motion, scene) if k % 2 else
+                   class_caption(class_word, motion, scene))
+    return out
+
+
+@torch.no_grad()
+def key_locked_edit(tokenizer, text_encoder, caption: str, identifier: str, class_word: str,
+                    corpus: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Perfusion's gated rank-one edit (Tewel et al., SIGGRAPH 2023; the closed form of ROME, Meng et al. 2022):
+    the identifier's text state h_i in `caption`, the class word's h_c, and the gate
+    d = C⁻¹ h_i / (h_iᵀ C⁻¹ h_i) with C the second moment of the corpus' text states, so that d · h_i = 1 while
+    E[(d · h)²] over ordinary text is as small as it can be. A LoRA with A = dᵀ then acts on the identifier and barely on any other word.
+    Returns (d (D,), h_i (D,), h_c (D,))."""
+
+    def states(text):
+        enc = tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt")
+        h = text_encoder(enc.input_ids.to(text_encoder.device))[0][0].float().cpu()  # (T, D)
+        return enc.input_ids[0], h
+
+    ids, h = states(caption)
+    tid = tokenizer.convert_tokens_to_ids(identifier)
+    where = (ids == tid).nonzero().flatten()
+    if len(where) == 0:
+        raise AAError("caption", repr(caption), f"the key-locked edit needs {identifier} in the caption")
+    i = int(where[0])
+    cls_ids = tokenizer(class_word, add_special_tokens=False).input_ids
+    j = next((k for k in range(i + 1, len(ids)) if ids[k] == cls_ids[-1]), None)
+    if j is None:
+        raise AAError("caption", repr(caption), f"the key-locked edit needs the class word {class_word!r} after "
+                      f"{identifier}")
+    # every position the UNet attends to, the padding's end-token states included: a gate measured on the words
+    # alone answered the padding with large values and the edited keys and values there broke the samples
+    X = torch.cat([states(text)[1] for text in corpus]).double()  # (N·T, D)
+    C = X.T @ X / len(X)
+    C += 1e-3 * C.trace() / len(C) * torch.eye(len(C), dtype=C.dtype)
+    Ci_h = torch.linalg.solve(C, h[i].double())
+    d = (Ci_h / (h[i].double() @ Ci_h)).float()
+    return d, h[i], h[j]
+
+
+class IdentifierEmbedding:
+    """Pivotal tuning: the identifier token's input embedding as one trainable vector, spliced into the embedding
+    table's output by a forward hook where the token occurs (the table and the rest of the text encoder stay frozen).
+
+    `hold_norm()` (after each step) rescales the vector to its starting norm, so only its direction trains. Unheld,
+    it grew from 0.16 to 0.78 in 320 steps on aa-tiny, and through the encoder's causal attention it moved every later
+    word's hidden state (cosine 0.8 for the scene words): the prompted scene was lost even with the UNet untouched.
+    cloneofsimo/lora's pivotal tuning pulls the norm towards CLIP's typical 0.4 for the same reason.
+    `close()` writes the vector into the table and removes the hook."""
+
+    def __init__(self, text_encoder, token_id: int):
+        self.table = text_encoder.get_input_embeddings()
+        self.token_id = token_id
+        self.vector = torch.nn.Parameter(self.table.weight[token_id].detach().clone())
+        self.norm = float(self.vector.detach().norm())
+        self._handle = self.table.register_forward_hook(self._splice)
+
+    @torch.no_grad()
+    def hold_norm(self) -> None:
+        self.vector.mul_(self.norm / self.vector.norm().clamp_min(1e-12))
+
+    def _splice(self, module, args, output):
+        hit = (args[0] == self.token_id)[..., None]  # (B, T, 1)
+        return torch.where(hit, self.vector.to(output.dtype), output)
+
+    def close(self) -> torch.Tensor:
+        self._handle.remove()
+        with torch.no_grad():
+            self.table.weight[self.token_id] = self.vector.detach()
+        return self.vector.detach().cpu().reshape(1, -1)
+
+
+def lock_keys(unet, targets: list[str], base, caption: str, cfg: IdentityTrainConfig) -> list[torch.nn.Parameter]:
+    """Set the rank-one LoRA of every spatial attn2 K and V to the key-locked edit: A = the gate dᵀ (fixed); K's
+    B = W_k (h_c − h_i), so the identifier's key becomes the class word's (fixed); V's B starts at zero and is the
+    only thing that trains. Returns V's B matrices."""
+    d, h_i, h_c = key_locked_edit(base.tokenizer, base.text_encoder, caption, cfg.token, cfg.class_word,
+                                  caption_corpus(cfg.class_word, seed=cfg.seed))
+    trained = []
+    with torch.no_grad():
+        for name in targets:
+            layer = unet.get_submodule(name)
+            A, B = layer.lora_A[ADAPTER_NAME].weight, layer.lora_B[ADAPTER_NAME].weight  # (1, D), (out, 1)
+            A.copy_(d[None].to(A))
+            A.requires_grad_(False)
+            if name.endswith("to_k"):
+                W = layer.get_base_layer().weight  # (out, D)
+                B.copy_((W @ (h_c - h_i).to(W))[:, None] * (cfg.rank / cfg.alpha))
+                B.requires_grad_(False)
+            else:
+                B.zero_()
+                trained.append(B)
+    return trained
+
+
+def make_optimizer(params, cfg: IdentityTrainConfig, token_params=()):
+    """AdamW (8-bit by default) over the adapter's parameters, plus a group for the identifier embedding (its own
+    learning rate, no weight decay)."""
+    groups = [{"params": list(params), "lr": cfg.lr, "weight_decay": 1e-2}] if params else []
+    if token_params:
+        groups.append({"params": list(token_params), "lr": cfg.token_lr, "weight_decay": 0.0})
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
+        return torch.optim.AdamW(groups)
     try:
         import bitsandbytes as bnb
     except ImportError:
         raise MissingDependencyError("bitsandbytes", "gpu", "the 8-bit AdamW optimizer (or pass --optimizer adamw)") from None
-    return bnb.optim.AdamW8bit(params, lr=cfg.lr, weight_decay=1e-2)
+    return bnb.optim.AdamW8bit(groups)
 
 
 def trainable_attn2(unet, cfg: IdentityTrainConfig) -> tuple[list[str], list[torch.nn.Parameter]]:
@@ -340,6 +489,9 @@ def train_identity(cfg: IdentityTrainConfig, log=print) -> IdentityResult:
     device, _ = resolve_device(cfg.device, "float32")  # the base stays fp32; autocast handles CUDA
     torch.manual_seed(cfg.seed)
     base = load_base(cfg.base, cfg.motion_module, device=device, dtype=torch.float32)
+    token_id = (add_identifier_token(base.tokenizer, base.text_encoder, cfg.token)
+                if cfg.identifier != "pieces" else None)
+    base.text_encoder.requires_grad_(False)  # pivotal tuning trains one spliced vector, never the table
     res = cfg.resolution or base.defaults.width
     m = base.vae_scale * 2 ** (len(base.unet.config.block_out_channels) - 1)
     if res % m or res < m:
@@ -373,11 +525,11 @@ def train_identity(cfg: IdentityTrainConfig, log=print) -> IdentityResult:
     poses = PoseSequence(data.keypoints, res, res, data.fps)
     pose_latents = encode_frames(pipe, render_skeletons(poses))
     fore = latent_masks(torch.from_numpy(data.masks), latents.shape[-2:]).to(device)  # (F, 1, h, w)
-    text = pipe.encode_prompt(data.caption)  # (1, T, D)
     # the person as filmed, then pasted onto each composite scene with that scene in the caption (decoupling)
-    views = [(latents, text)] + [
+    views = [(latents, data.caption)] + [
         (encode_frames(pipe, composite_frames(data.frames, data.masks, scene, cfg.seed + k)),
-         pipe.encode_prompt(scene_caption(data.caption, scene))) for k, scene in enumerate(cfg.composite_scenes)]
+         scene_caption(data.caption, scene)) for k, scene in enumerate(cfg.composite_scenes)]
+    texts = {caption: pipe.encode_prompt(caption) for _, caption in views}  # (1, T, D) each, while frozen
     bank = prior_bank(pipe, data, cfg, cache, pose_latents)
     use_prior = bool(bank)
     log(f"caches ready ({time.time() - t0:.1f}s)")
@@ -385,7 +537,24 @@ def train_identity(cfg: IdentityTrainConfig, log=print) -> IdentityResult:
     # 3. trainable parameters, optimizer, attention, checkpointing
     unet = base.unet
     targets, params = trainable_attn2(unet, cfg)
-    opt = make_optimizer(params, cfg)
+    if cfg.lr == 0:  # textual inversion: the LoRA stays at zero (B = 0) and gets no gradient
+        for p in params:
+            p.requires_grad_(False)
+        params = []
+    if cfg.lora_form == "key-locked":
+        params = lock_keys(unet, targets, base, data.caption, cfg)
+    pivot = IdentifierEmbedding(base.text_encoder, token_id) if cfg.identifier == "pivotal" else None
+    token_params = [pivot.vector] if pivot else []
+    opt = make_optimizer(params, cfg, token_params)
+    params = params + token_params  # what is clipped and checkpointed
+
+    def instance_text(caption: str) -> torch.Tensor:
+        """The caption's text states (1, T, D): cached while the identifier is frozen, else through the encoder."""
+        if pivot is None:
+            return texts[caption]
+        ids = base.tokenizer(caption, padding="max_length", max_length=base.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids
+        return base.text_encoder(ids.to(base.text_encoder.device))[0]
     regions = set_mask_guided_attention(unet, cfg.mask_attention_weight)
     ckpt_on = cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else device.type == "cuda"
     restore_ckpt = None
@@ -405,7 +574,8 @@ def train_identity(cfg: IdentityTrainConfig, log=print) -> IdentityResult:
     ckpt = work / "checkpoint.pt"
     # what shapes the trained tensors and their optimizer state: a checkpoint from other settings cannot continue
     shape_key = {"base": base.fingerprint, "rank": cfg.rank, "lora_targets": list(cfg.lora_targets),
-                 "full_attn2": cfg.full_attn2, "full_unet": cfg.full_unet, "optimizer": cfg.optimizer}
+                 "lora_reach": cfg.lora_reach, "lora_form": cfg.lora_form, "full_attn2": cfg.full_attn2,
+                 "full_unet": cfg.full_unet, "optimizer": cfg.optimizer, "identifier": cfg.identifier}
     if cfg.resume and ckpt.is_file():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
         if state.get("shape_key", shape_key) != shape_key or len(state["params"]) != len(params):
@@ -433,11 +603,11 @@ def train_identity(cfg: IdentityTrainConfig, log=print) -> IdentityResult:
             idx = np.arange(s, s + f)
             pick = lambda x: x[idx].permute(1, 0, 2, 3)[None]  # noqa: E731  (F, C, h, w) → (1, C, F, h, w)
         # the reference or one of its composites (no draw without composites: the default stream is unchanged)
-        view_latents, view_text = views[int(rng.integers(len(views)))] if len(views) > 1 else views[0]
+        view_latents, view_caption = views[int(rng.integers(len(views)))] if len(views) > 1 else views[0]
         z, p, fm = pick(view_latents), pick(pose_latents), pick(fore)
         b, frames = z.shape[0], z.shape[2]
         fm_frames = fm.permute(0, 2, 1, 3, 4).flatten(0, 1)  # (B·F, 1, h, w), the UNet's frame order
-        parts = [LossPart(z, p, view_text, fm_frames, lambda pr, nz: background_weakening_loss(
+        parts = [LossPart(z, p, instance_text(view_caption), fm_frames, lambda pr, nz: background_weakening_loss(
             pr, nz, fm.to(device), cfg.bw_alpha, cfg.identity_norm))]
         if use_prior:
             # one prior video per step, drawn from the bank (no draw with one video, so the default job's random
@@ -469,11 +639,14 @@ def train_identity(cfg: IdentityTrainConfig, log=print) -> IdentityResult:
                 pred = unet(torch.cat([a.sqrt() * zz + (1 - a).sqrt() * noise, pp], 1), t,
                             encoder_hidden_states=emb).sample
             loss = sum(g.loss(pred[i * b:(i + 1) * b], noise[i * b:(i + 1) * b]) for i, g in enumerate(group))
-            loss.backward()
+            if loss.requires_grad:  # a prior pass has nothing to train when only the identifier embedding trains
+                loss.backward()
             total += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if pivot is not None:
+            pivot.hold_norm()
         return total
 
     # 4. stage 1 (images, motion modules off), then stage 2 (clips, motion modules on)
@@ -498,6 +671,10 @@ def train_identity(cfg: IdentityTrainConfig, log=print) -> IdentityResult:
         restore_ckpt()
     reset_attention(unet, regions)
     unet.eval()
+    if pivot is not None:
+        pivot.close()  # the trained vector into the table: the model in memory now reads the identifier as trained
+    embedding = (base.text_encoder.get_input_embeddings().weight[token_id].detach().cpu().reshape(1, -1)
+                 if token_id is not None else None)
 
     # 5. write the adapter (LoRA) or collect the full deltas (ablation), with the loss curve
     summary = {"stages": {"stage1": {"steps": cfg.stage1_steps, "final_loss": _tail(losses["stage1"])},
@@ -516,11 +693,11 @@ def train_identity(cfg: IdentityTrainConfig, log=print) -> IdentityResult:
         return IdentityResult(None, summary, deltas, base)
     A, B = lora_tensors(unet, targets)
     scale = cfg.alpha / cfg.rank
-    deltas = {k: scale * B[k] @ A[k] for k in A}
+    deltas = {k: scale * (B[k].flatten(1) @ A[k].flatten(1)).reshape(B[k].shape[0], *A[k].shape[1:]) for k in A}
     meta = adapter_metadata(identifier=cfg.token, class_word=cfg.class_word, rank=cfg.rank, alpha=cfg.alpha,
                             target_modules=cfg.target_pattern, base_fingerprint=base.fingerprint,
                             bone_lengths=data.bone_lengths, training=summary)
-    path = save_adapter(cfg.output, A, B, meta)
+    path = save_adapter(cfg.output, A, B, meta, embedding=embedding)
     save_loss_curve(losses, cfg.output.with_suffix(".loss.png"))
     if ckpt.is_file():
         ckpt.unlink()

@@ -100,6 +100,26 @@ VARIANTS = {  # ablations: what each changes in the identity job
     # the same, and the person pasted onto the held-out scenes with captions naming them (decoupling)
     "composite": {"prior_prompts": "other scenes", "prior_motions": "other motions", "prior_reference": False,
                   "prior_weight": 0.3, "identity_norm": "region", "composite_scenes": "other scenes"},
+    # adapter reach: LoRA r16 on every spatial Linear and resnet conv instead of attn2 only
+    "wide": {"lora_reach": "wide", "rank": 16, "alpha": 16.0},
+    "wide-diverse": {"lora_reach": "wide", "rank": 16, "alpha": 16.0, "prior_prompts": "other scenes",
+                     "prior_motions": "other motions", "prior_reference": False, "prior_weight": 0.3,
+                     "identity_norm": "region"},
+    "rare-token": {"identifier": "rare"},  # <me> one token of its own at a reserved rare word's embedding (frozen)
+    "pivotal": {"identifier": "pivotal"},  # that token's embedding trained with the LoRA (pivotal tuning)
+    "pivotal-slow": {"identifier": "pivotal", "token_lr": 1e-3},
+    # Custom Diffusion's recipe (Kumari et al., CVPR 2023): the text-side projections K, V and the identifier token
+    "custom-diffusion": {"identifier": "pivotal", "lora_targets": ("to_k", "to_v")},
+    # the identifier trained on the person pasted onto the held-out scenes too, captions naming them (decoupling)
+    "pivotal-composite": {"identifier": "pivotal", "composite_scenes": "other scenes"},
+    # Perfusion's key-locked rank-one edit (Tewel et al., SIGGRAPH 2023): the identifier's key := the class word's,
+    # its value trained; gated so that other words' K and V barely move
+    "key-locked": {"identifier": "rare", "lora_form": "key-locked", "rank": 1, "alpha": 1.0, "lr": 1e-2},
+    # textual inversion: the identifier embedding alone (LoRA frozen at zero)
+    "textual-inversion": {"identifier": "pivotal", "lr": 0.0},
+    "textual-inversion-fast": {"identifier": "pivotal", "lr": 0.0, "token_lr": 2e-2},
+    "pivotal-diverse": {"identifier": "pivotal", "prior_prompts": "other scenes", "prior_motions": "other motions",
+                        "prior_reference": False, "prior_weight": 0.3, "identity_norm": "region"},
 }
 # Columns without training: the rendered target clip (ceiling), the base from the class caption (floor) and the base
 # from the person's full written appearance (description: what the base can draw of this person from text alone).

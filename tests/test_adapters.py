@@ -124,3 +124,113 @@ def test_diffusers_load_lora_weights_reads_the_file(tiny_bundle, tmp_path):
     theirs = AnimatePipeline.from_base(load_base(tiny_bundle))
     theirs.load_lora_weights(str(path), adapter_name="me")
     torch.testing.assert_close(_eps(theirs.unet), _eps(ours.unet), atol=1e-5, rtol=1e-5)
+
+
+def _with_embedding(unet, path, fingerprint, identifier="<sks>", dim=64, seed=1):
+    """random_adapter's tensors plus a bundled identifier embedding (1, dim)."""
+    a = load_adapter(random_adapter(unet, path, fingerprint))
+    meta = dict(a.meta, identifier=identifier)
+    emb = torch.randn(1, dim, generator=torch.Generator().manual_seed(seed)) * 0.2
+    return save_adapter(path, a.lora_A, a.lora_B, meta, embedding=emb), emb
+
+
+def test_embedding_round_trip_matches_diffusers_textual_inversion(tiny_bundle, tmp_path):
+    """The identifier embedding is stored under the bundled-embedding key; merging the adapter makes the identifier
+    one token whose row is that embedding — what diffusers' textual-inversion loader makes of the same tensor."""
+    from diffusers.loaders import TextualInversionLoaderMixin
+    from safetensors import safe_open
+
+    from aa_runtime.model import load_base
+    from aa_runtime.pipeline import AnimatePipeline
+
+    ours = AnimatePipeline.from_base(load_base(tiny_bundle))
+    path, emb = _with_embedding(ours.unet, tmp_path / "me.safetensors", ours.fingerprint)
+    with safe_open(str(path), framework="pt") as f:
+        assert "bundle_emb.<sks>.string_to_param.*" in f.keys()
+    a = load_adapter(path)
+    torch.testing.assert_close(a.embedding, emb, atol=0, rtol=0)
+    ours.set_identity(a)
+    assert ours.tokenizer.tokenize("a <sks> man") == ["a</w>", "<sks>", "man</w>"]
+
+    class Theirs(AnimatePipeline, TextualInversionLoaderMixin):
+        pass
+
+    base = load_base(tiny_bundle)
+    theirs = Theirs(base.vae, base.text_encoder, base.tokenizer, base.unet, ours.scheduler)
+    theirs.load_textual_inversion({"<sks>": emb[0]})
+    assert theirs.tokenizer("a <sks> man").input_ids == ours.tokenizer("a <sks> man").input_ids
+    tid = ours.tokenizer.convert_tokens_to_ids("<sks>")
+    torch.testing.assert_close(ours.text_encoder.get_input_embeddings().weight[tid],
+                               theirs.text_encoder.get_input_embeddings().weight[tid], atol=0, rtol=0)
+    torch.testing.assert_close(ours.encode_prompt("a <sks> man on a beach"),
+                               theirs.encode_prompt("a <sks> man on a beach"), atol=1e-6, rtol=1e-6)
+
+
+def test_diffusers_loads_a_file_with_an_embedding_in_two_calls(tiny_bundle, tmp_path):
+    """diffusers' LoRA loader refuses non-LoRA keys, so the README's recipe pops the embedding first: the LoRA
+    through load_lora_weights, the embedding through load_textual_inversion — the same model as our merge."""
+    from diffusers.loaders import TextualInversionLoaderMixin
+    from safetensors.torch import load_file
+
+    from aa_runtime.model import load_base
+    from aa_runtime.pipeline import AnimatePipeline
+
+    ours = AnimatePipeline.from_base(load_base(tiny_bundle))
+    path, _ = _with_embedding(ours.unet, tmp_path / "me.safetensors", ours.fingerprint)
+    ours.set_identity(load_adapter(path))
+
+    class Theirs(AnimatePipeline, TextualInversionLoaderMixin):
+        pass
+
+    base = load_base(tiny_bundle)
+    theirs = Theirs(base.vae, base.text_encoder, base.tokenizer, base.unet, ours.scheduler)
+    state = load_file(str(path))
+    emb = state.pop("bundle_emb.<sks>.string_to_param.*")
+    theirs.load_lora_weights(state, adapter_name="me")
+    theirs.load_textual_inversion({"<sks>": emb[0]})
+    torch.testing.assert_close(_eps(theirs.unet), _eps(ours.unet), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(theirs.encode_prompt("a <sks> man"), ours.encode_prompt("a <sks> man"),
+                               atol=1e-6, rtol=1e-6)
+
+
+def test_bad_embeddings_refused(tiny_bundle, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from aa_runtime.model import load_base
+    from aa_runtime.pipeline import AnimatePipeline
+
+    base = load_base(tiny_bundle)
+    path, emb = _with_embedding(base.unet, tmp_path / "me.safetensors", base.fingerprint)
+    with safe_open(str(path), framework="pt") as f:
+        header, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+
+    def variant(name, **change):
+        t = dict(tensors)
+        t.pop("bundle_emb.<sks>.string_to_param.*")
+        t.update(change)
+        save_file(t, str(tmp_path / name), metadata=header)
+        return tmp_path / name
+
+    with pytest.raises(AAError, match="not the embedding of the identifier"):
+        load_adapter(variant("other.safetensors", **{"bundle_emb.<zwx>.string_to_param.*": emb}))
+    with pytest.raises(AAError, match="has 2 vectors"):
+        load_adapter(variant("two.safetensors", **{"bundle_emb.<sks>.string_to_param.*": emb.repeat(2, 1)}))
+    wide = load_adapter(variant("wide.safetensors", **{"bundle_emb.<sks>.string_to_param.*": torch.zeros(1, 65)}))
+    pipe = AnimatePipeline.from_base(base)
+    with pytest.raises(AAError, match=r"embeddings are \(1, 64\)"):
+        pipe.set_identity(wide)
+
+
+def test_identifier_token_starts_at_a_reserved_rare_word(tiny_base):
+    import copy
+
+    from aa_runtime.adapters import add_identifier_token
+
+    tok, te = copy.deepcopy(tiny_base.tokenizer), copy.deepcopy(tiny_base.text_encoder)  # the fixture stays shared
+    n = len(tok)
+    tid = add_identifier_token(tok, te, "<newname>")
+    assert tid == n and len(tok) == n + 1 and te.get_input_embeddings().weight.shape[0] >= n + 1
+    table = te.get_input_embeddings().weight
+    torch.testing.assert_close(table[tid], table[tok.convert_tokens_to_ids("sks</w>")], atol=0, rtol=0)
+    assert add_identifier_token(tok, te, "<newname>") == tid and len(tok) == n + 1  # a second call reuses it

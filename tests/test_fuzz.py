@@ -718,9 +718,16 @@ def _adapter_file(path: Path, tensors: dict, meta) -> Path:
     (lambda t, m: (t, {**m, "alpha": float("nan")}), "alpha: "),
     (lambda t, m: (t, {**m, "bone_lengths": ["x"] * 17}), "bone_lengths"),  # ValueError in Adapter.bone_lengths
     (lambda t, m: (t, {**m, "bone_lengths": {"a": 1}}), "bone_lengths"),  # TypeError in Adapter.bone_lengths
-    (lambda t, m: ({k: v[:, 0].clone() if "lora_B" in k else v for k, v in t.items()}, m), "a 2-D"),  # IndexError
+    (lambda t, m: ({k: v[:, 0].clone() if "lora_B" in k else v for k, v in t.items()}, m), "Linear: 2-D"),  # IndexError
     (lambda t, m: ({k: v.to(torch.int8) for k, v in t.items()}, m), "is int8"),  # merged as integers
     (lambda t, m: ({k: v * float("nan") for k, v in t.items()}, m), "NaN or inf"),
+    # the identifier embedding (pivotal tuning): another token's, a 3-D or NaN tensor, or two vectors
+    (lambda t, m: ({**t, "bundle_emb.<x>.string_to_param.*": torch.zeros(1, 64)}, m), "not the embedding of"),
+    (lambda t, m: ({**t, f"bundle_emb.{m['identifier']}.string_to_param.*": torch.zeros(1, 1, 64)}, m), "Linear: 2-D"),
+    (lambda t, m: ({**t, f"bundle_emb.{m['identifier']}.string_to_param.*": torch.full((1, 64), float("nan"))}, m),
+     "NaN or inf"),
+    (lambda t, m: ({**t, f"bundle_emb.{m['identifier']}.string_to_param.*": torch.zeros(2, 64)}, m), "2 vectors"),
+    (lambda t, m: ({**t, "bundle_emb.a.b.string_to_param.*": torch.zeros(1, 64)}, m), "unexpected tensor"),
 ])
 def test_adapter_file_regressions(tmp_path, adapter_target, change, expected):
     from aa_runtime.adapters import load_adapter

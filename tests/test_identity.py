@@ -7,6 +7,7 @@ import torch
 from click.testing import CliRunner
 
 from aa_runtime.adapters import load_adapter
+from aa_runtime.errors import AAError
 from aa_runtime.model import load_base
 
 
@@ -98,7 +99,7 @@ def test_separate_prior_pass_trains_only_lora(tiny_bundle, reference, tmp_path, 
 
     recorders = []
 
-    def recording_optimizer(params, cfg):
+    def recording_optimizer(params, cfg, token_params=()):
         recorders.append(GradientRecorder(params))
         return recorders[-1]
 
@@ -375,7 +376,168 @@ def test_config_errors_are_one_line(tmp_path):
                              (dict(prior_prompts=("a man",), prior_motions=("fly",)), "prior motion: fly"),
                              (dict(prior_reference=False), "no-prior-reference"),
                              (dict(composite_scenes=("moon",)), "composite scene: moon"),
-                             (dict(identity_norm="pixel"), "identity-norm")]:
+                             (dict(identity_norm="pixel"), "identity-norm"),
+                             (dict(identifier="word"), "identifier: word"), (dict(token_lr=0.0), "token-lr"),
+                             (dict(lora_reach="all"), "lora-reach: all")]:
         args = dict(video=tmp_path / "v.mp4", name="me", class_word="man", output=tmp_path / "a.safetensors") | kwargs
         with pytest.raises(AAError, match=expected):
             IdentityTrainConfig(**args)
+
+
+def test_pivotal_tuning_trains_the_identifier_token_and_the_lora_only(tiny_bundle, reference, tmp_path):
+    """identifier=pivotal: <me> becomes one token started at a reserved rare word; its embedding and the LoRA train,
+    no other text-encoder weight moves; the adapter carries the trained embedding, and a job resumed from its
+    stage-1 checkpoint ends with the same embedding. identifier=rare keeps the rare word's embedding."""
+    from aa_train.identity import IdentityTrainConfig, train_identity
+
+    def cfg(name, **kw):
+        return IdentityTrainConfig(video=reference, name="me", class_word="man",
+                                   output=tmp_path / f"{name}.safetensors", base=str(tiny_bundle), stage1_steps=4,
+                                   stage2_steps=2, checkpoint_every=2, image_batch=2, clip_frames=4, prior_steps=2,
+                                   lr=5e-3, token_lr=1e-2,
+                                   cache_dir=tmp_path / "cache", work_dir=tmp_path / f"{name}.work", preview=False,
+                                   **({"identifier": "pivotal"} | kw))
+
+    fresh = load_base(tiny_bundle)
+    n = len(fresh.tokenizer)
+    rare = fresh.text_encoder.get_input_embeddings().weight[fresh.tokenizer.convert_tokens_to_ids("sks</w>")]
+    result = train_identity(cfg("whole"), log=lambda *_: None)
+    tok, te = result.base.tokenizer, result.base.text_encoder
+    assert tok.tokenize("a <me> man") == ["a</w>", "<me>", "man</w>"] and tok.convert_tokens_to_ids("<me>") == n
+    table = te.get_input_embeddings().weight
+    torch.testing.assert_close(table[:n], fresh.text_encoder.get_input_embeddings().weight, atol=0, rtol=0)
+    for k, v in te.state_dict().items():
+        if "token_embedding" not in k:
+            assert torch.equal(v, fresh.text_encoder.state_dict()[k]), k
+    assert (table[n] - rare).norm() > 1e-3, "the identifier embedding trained"
+    a = load_adapter(result.adapter)
+    torch.testing.assert_close(a.embedding[0], table[n], atol=0, rtol=0)
+    assert any(b.abs().max() > 0 for b in a.lora_B.values())
+    assert a.meta["training"]["settings"]["identifier"] == "pivotal"
+
+    def stop_after_stage1(msg):
+        if msg.startswith("stage1:"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_identity(cfg("cut"), log=stop_after_stage1)
+    resumed = load_adapter(train_identity(cfg("cut", resume=True), log=lambda *_: None).adapter)
+    torch.testing.assert_close(resumed.embedding, a.embedding, rtol=0, atol=1e-6)
+
+    frozen = load_adapter(train_identity(cfg("rare", identifier="rare"), log=lambda *_: None).adapter)
+    torch.testing.assert_close(frozen.embedding[0], rare, atol=0, rtol=0)
+
+
+def test_wide_reach_adapter_holds_conv_loras_and_merges_like_the_live_layers(tiny_bundle, reference, tmp_path):
+    """lora_reach=wide: LoRA on the spatial attention, feed-forward and resnet convs (never a motion module); the file
+    holds 4-D conv factors, and merging it into a fresh base gives the trained model's output with its LoRA layers
+    live (peft's forward), to float32 rounding."""
+    from aa_runtime.adapters import merge_adapter
+    from aa_train.identity import IdentityTrainConfig, train_identity
+
+    cfg = IdentityTrainConfig(video=reference, name="me", class_word="man", output=tmp_path / "w.safetensors",
+                              base=str(tiny_bundle), stage1_steps=3, stage2_steps=1, image_batch=2, clip_frames=4,
+                              prior_steps=2, lr=1e-2, lora_reach="wide", rank=4, alpha=4.0, optimizer="adamw",
+                              cache_dir=tmp_path / "cache", preview=False)
+    result = train_identity(cfg, log=lambda *_: None)
+    a = load_adapter(result.adapter)
+    kinds = {n.rsplit(".", 1)[-1] for n in a.lora_A}
+    assert {"conv1", "conv2", "to_q", "proj", "2"} <= kinds and not any("motion_modules" in n for n in a.lora_A)
+    assert any(t.ndim == 4 for t in a.lora_A.values()) and any("attn1" in n for n in a.lora_A)
+    merged = load_base(tiny_bundle)
+    merge_adapter(merged.unet, a, base_fingerprint=merged.fingerprint)
+    g = torch.Generator().manual_seed(0)
+    x, text = torch.randn(1, 8, 2, 16, 16, generator=g), torch.randn(2, 32, 64, generator=g)
+    with torch.no_grad():
+        live = result.base.unet(x, 50, encoder_hidden_states=text).sample
+        out = merged.unet(x, 50, encoder_hidden_states=text).sample
+        plain = load_base(tiny_bundle).unet(x, 50, encoder_hidden_states=text).sample
+    assert (live - plain).abs().max() > 1e-4, "the adapter changes the output"
+    torch.testing.assert_close(out, live, atol=1e-5, rtol=1e-5)
+
+
+def test_identifier_embedding_keeps_its_norm():
+    """Pivotal tuning trains the identifier's direction: after any step the vector has its starting norm again, and
+    the hook splices it exactly where the token occurs."""
+    from aa_train.identity import IdentifierEmbedding
+
+    class Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = torch.nn.Embedding(10, 4)
+
+        def get_input_embeddings(self):
+            return self.table
+
+    enc = Encoder()
+    start = enc.table.weight[7].detach().clone()
+    pivot = IdentifierEmbedding(enc, 7)
+    with torch.no_grad():
+        pivot.vector.mul_(5).add_(1.0)
+    pivot.hold_norm()
+    assert abs(float(pivot.vector.detach().norm()) - float(start.norm())) < 1e-6
+    out = enc.table(torch.tensor([[1, 7, 2, 7]]))
+    torch.testing.assert_close(out[0, 1], pivot.vector.detach(), atol=0, rtol=0)
+    torch.testing.assert_close(out[0, 3], pivot.vector.detach(), atol=0, rtol=0)
+    torch.testing.assert_close(out[0, 0], enc.table.weight[1], atol=0, rtol=0)
+    closed = pivot.close()
+    torch.testing.assert_close(enc.table.weight[7], closed[0], atol=0, rtol=0)
+
+
+def test_key_locked_gate_is_the_least_energy_gate(tiny_base):
+    """The gate d has d · h_i = 1 on the identifier and, over the corpus' text states, a mean squared response no
+    larger than the plain projection gate h_i / |h_i|² (the closed form minimises it; 1 % slack for the ridge term)."""
+    import copy
+
+    from aa_runtime.adapters import add_identifier_token
+    from aa_train.identity import caption_corpus, key_locked_edit
+
+    tok, te = copy.deepcopy(tiny_base.tokenizer), copy.deepcopy(tiny_base.text_encoder)
+    add_identifier_token(tok, te, "<me>")
+    corpus = caption_corpus("man", n=64)
+    d, h_i, h_c = key_locked_edit(tok, te, "a <me> man dancing on a beach", "<me>", "man", corpus)
+    assert abs(float(d @ h_i) - 1) < 1e-4
+    with torch.no_grad():
+        states = []
+        for text in corpus:
+            enc = tok(text, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+            states.append(te(enc.input_ids)[0][0])  # every position, padding included: the UNet attends to all
+        X = torch.cat(states)
+    naive = h_i / h_i.dot(h_i)
+    assert float((X @ d).pow(2).mean()) <= 1.01 * float((X @ naive).pow(2).mean())
+    assert not torch.allclose(h_c, h_i)
+    with pytest.raises(AAError, match="class word"):
+        key_locked_edit(tok, te, "a <me> dancing on a beach", "<me>", "man", corpus)
+
+
+def test_key_locked_adapter_gives_the_identifier_the_class_words_key(tiny_bundle, reference, tmp_path):
+    """lora_form=key-locked: a rank-one LoRA on every spatial attn2 K and V; after merging, the identifier's key in
+    each layer is the class word's key in the base (computed here from the base weights), V's edit trained, and the
+    adapter runs through aa-run's merge unchanged."""
+    from aa_runtime.pipeline import AnimatePipeline
+    from aa_train.identity import IdentityTrainConfig, train_identity
+
+    cfg = IdentityTrainConfig(video=reference, name="me", class_word="man", output=tmp_path / "k.safetensors",
+                              base=str(tiny_bundle), stage1_steps=4, stage2_steps=1, image_batch=2, clip_frames=4,
+                              prior_steps=2, identifier="rare", lora_form="key-locked", rank=1, alpha=1.0, lr=1e-2,
+                              optimizer="adamw", cache_dir=tmp_path / "cache", preview=False)
+    a = load_adapter(train_identity(cfg, log=lambda *_: None).adapter)
+    assert a.rank == 1 and {n.rsplit(".", 1)[-1] for n in a.lora_A} == {"to_k", "to_v"} and len(a.lora_A) == 22
+    assert all(a.lora_B[n].abs().max() > 0 for n in a.lora_B if n.endswith("to_v")), "V's edit trained"
+    edited, plain = AnimatePipeline.from_base(load_base(tiny_bundle)), load_base(tiny_bundle)
+    edited.set_identity(a)
+    caption = "a <me> man dancing in a snow field"
+    text = edited.encode_prompt(caption)[0]  # (T, D); the text encoder itself is not edited
+    ids = edited.tokenizer(caption).input_ids
+    i, c = ids.index(edited.tokenizer.convert_tokens_to_ids("<me>")), ids.index(
+        edited.tokenizer.convert_tokens_to_ids("man</w>"))
+    for name in [n for n in a.lora_A if n.endswith("to_k")]:
+        k_edit = edited.unet.get_submodule(name).weight @ text[i]
+        k_class = plain.unet.get_submodule(name).weight @ text[c]
+        torch.testing.assert_close(k_edit, k_class, atol=1e-4, rtol=1e-4)
+    with pytest.raises(AAError, match="rank one"):
+        IdentityTrainConfig(video=reference, name="me", class_word="man", output=tmp_path / "x.safetensors",
+                            identifier="rare", lora_form="key-locked")
+    with pytest.raises(AAError, match="identifier rare"):
+        IdentityTrainConfig(video=reference, name="me", class_word="man", output=tmp_path / "x.safetensors",
+                            lora_form="key-locked", rank=1)
