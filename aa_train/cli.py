@@ -93,7 +93,9 @@ def base_cmd(data, output, stages, work_dir, size, frames, vae_steps, image_step
 @click.option("--lora-reach", type=click.Choice(["attn2", "attention", "wide"]), default=None,
               help="Layers given LoRA: attn2 (the spatial cross-attention, as the paper), attention (+ spatial "
                    "self-attention and feed-forward), wide (+ the spatial resnets' convs) [attn2].")
-@click.option("--lr", type=float, default=None, help="Learning rate [1e-3].")
+@click.option("--lr", type=float, default=None,
+              help="LoRA learning rate [1e-3]; 0 with --identifier pivotal trains the embedding alone (textual "
+                   "inversion).")
 @click.option("--resolution", type=int, default=None, help="Training size in pixels [the base's].")
 @click.option("--frames", "clip_frames", type=int, default=None, help="Frames per stage-2 clip [8].")
 @click.option("--max-frames", type=int, default=None, help="Reference frames used at most [32].")
