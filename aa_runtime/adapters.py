@@ -32,8 +32,12 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # 
 def spatial_attn2_pattern(projections=ATTN2_PROJECTIONS) -> str:
     """The module regex for some of the spatial attn2 projections (all four: SPATIAL_ATTN2). Only the spatial
     transformer blocks' cross-attention: the motion modules' attn2 is temporal self-attention."""
-    return r".*attentions\.\d+\.transformer_blocks\.\d+\.attn2\.(" + "|".join(
-        re.escape(p) for p in ATTN2_PROJECTIONS if p in projections) + ")"
+    return r".*attentions\.\d+\.transformer_blocks\.\d+\.attn2\.(" + _alternation(projections) + ")"
+
+
+def _alternation(projections) -> str:
+    """Regex alternation of the given attn2 projections, in ATTN2_PROJECTIONS order."""
+    return "|".join(re.escape(p) for p in ATTN2_PROJECTIONS if p in projections)
 
 
 SPATIAL_ATTN2 = spatial_attn2_pattern()
@@ -47,8 +51,8 @@ def adapter_target_pattern(reach: str = "attn2", projections=ATTN2_PROJECTIONS) 
     transformer blocks; wide = attention plus the spatial resnets' 3×3 convs."""
     if reach == "attn2":
         return spatial_attn2_pattern(projections)
-    block = (r".*attentions\.\d+\.transformer_blocks\.\d+\.(attn1\.(to_q|to_k|to_v|to_out\.0)|attn2\.(" +
-             "|".join(re.escape(p) for p in ATTN2_PROJECTIONS if p in projections) + r")|ff\.net\.(0\.proj|2))")
+    block = (r".*attentions\.\d+\.transformer_blocks\.\d+\.(attn1\.(" + _alternation(ATTN2_PROJECTIONS) +
+             r")|attn2\.(" + _alternation(projections) + r")|ff\.net\.(0\.proj|2))")
     if reach == "attention":
         return block
     if reach == "wide":

@@ -33,6 +33,12 @@ class AnimateOutput(BaseOutput):
     overlap: int = 0
 
 
+def prompt_ids(tokenizer, prompt: str) -> torch.Tensor:
+    """Text → token ids (1, T), padded to the tokenizer's length as the text encoder reads them."""
+    return tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
 def initial_noise(shape: tuple[int, ...], seed: int, correlation: float = 0.0) -> torch.Tensor:
     """Unit-variance Gaussian noise float (B, C, F, h, w) from a CPU generator (a seed gives the same video on any
     device). With correlation ρ > 0 each frame mixes √ρ of one noise shared by all frames with √(1-ρ) of its own
@@ -147,9 +153,7 @@ class AnimatePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     @torch.no_grad()
     def encode_prompt(self, prompt: str) -> torch.Tensor:
         """Text → CLIP hidden states float (1, T, D)."""
-        ids = self.tokenizer(prompt, padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids
-        return self.text_encoder(ids.to(self.text_encoder.device))[0].to(self.unet.dtype)
+        return self.text_encoder(prompt_ids(self.tokenizer, prompt).to(self.text_encoder.device))[0].to(self.unet.dtype)
 
     def prepare_poses(self, poses: PoseSequence, num_frames: int, fps: float, height: int, width: int,
                       fit: str, do_retarget: bool) -> PoseSequence:

@@ -5,10 +5,10 @@ From one reference video: stage 1 trains LoRA on the spatial cross-attention wit
 (eq. 1) + DreamBooth prior preservation on class samples generated once by the base. Mask-guided spatial
 self-attention is active in both stages. Everything but the LoRA matrices stays frozen.
 
-The identifier `<name>` is, by default, one token of its own (an added token, started from a reserved rare word) whose
-input embedding trains with the LoRA (pivotal tuning, as Custom Diffusion trains its modifier token); the adapter
-carries that embedding. `identifier="pieces"` keeps the paper's setting: the tokenizer splits `<name>` into
-ordinary pieces shared with other words, and only the LoRA trains."""
+By default (`identifier="pieces"`, the paper's setting) the tokenizer splits the identifier `<name>` into ordinary
+pieces shared with other words, and only the LoRA trains. `identifier="rare"` makes it one token of its own (an added
+token, started from a reserved rare word), `"pivotal"` also trains that token's input embedding with the LoRA (pivotal
+tuning, as Custom Diffusion trains its modifier token); the adapter then carries the embedding."""
 from __future__ import annotations
 
 import hashlib
@@ -28,7 +28,7 @@ from aa_runtime.adapters import (ATTN2_PROJECTIONS, LORA_REACHES, adapter_metada
 from aa_runtime.cli import resolve_device
 from aa_runtime.errors import AAError, MissingDependencyError, atomic_path
 from aa_runtime.model import load_base
-from aa_runtime.pipeline import AnimatePipeline
+from aa_runtime.pipeline import AnimatePipeline, prompt_ids
 from aa_runtime.poses import PoseSequence, render_skeletons
 
 from .attention import reset_attention, set_mask_guided_attention
@@ -255,14 +255,12 @@ def key_locked_edit(tokenizer, text_encoder, caption: str, identifier: str, clas
     """Perfusion's gated rank-one edit (Tewel et al., SIGGRAPH 2023; the closed form of ROME, Meng et al. 2022):
     the identifier's text state h_i in `caption`, the class word's h_c, and the gate
     d = C⁻¹ h_i / (h_iᵀ C⁻¹ h_i) with C the second moment of the corpus' text states, so that d · h_i = 1 while
-    E[(d · h)²] over ordinary text is as small as it can be. A LoRA with A = dᵀ then acts on the identifier and barely on any other word.
-    Returns (d (D,), h_i (D,), h_c (D,))."""
+    E[(d · h)²] over ordinary text is as small as it can be. A LoRA with A = dᵀ then acts on the identifier and barely
+    on any other word. Returns (d (D,), h_i (D,), h_c (D,))."""
 
     def states(text):
-        enc = tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt")
-        h = text_encoder(enc.input_ids.to(text_encoder.device))[0][0].float().cpu()  # (T, D)
-        return enc.input_ids[0], h
+        ids = prompt_ids(tokenizer, text)
+        return ids[0], text_encoder(ids.to(text_encoder.device))[0][0].float().cpu()  # (T,), (T, D)
 
     ids, h = states(caption)
     tid = tokenizer.convert_tokens_to_ids(identifier)
@@ -529,7 +527,8 @@ def train_identity(cfg: IdentityTrainConfig, log=print) -> IdentityResult:
     views = [(latents, data.caption)] + [
         (encode_frames(pipe, composite_frames(data.frames, data.masks, scene, cfg.seed + k)),
          scene_caption(data.caption, scene)) for k, scene in enumerate(cfg.composite_scenes)]
-    texts = {caption: pipe.encode_prompt(caption) for _, caption in views}  # (1, T, D) each, while frozen
+    # (1, T, D) each; a trained identifier goes through the encoder every step instead
+    texts = {} if cfg.identifier == "pivotal" else {caption: pipe.encode_prompt(caption) for _, caption in views}
     bank = prior_bank(pipe, data, cfg, cache, pose_latents)
     use_prior = bool(bank)
     log(f"caches ready ({time.time() - t0:.1f}s)")
@@ -552,9 +551,7 @@ def train_identity(cfg: IdentityTrainConfig, log=print) -> IdentityResult:
         """The caption's text states (1, T, D): cached while the identifier is frozen, else through the encoder."""
         if pivot is None:
             return texts[caption]
-        ids = base.tokenizer(caption, padding="max_length", max_length=base.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids
-        return base.text_encoder(ids.to(base.text_encoder.device))[0]
+        return base.text_encoder(prompt_ids(base.tokenizer, caption).to(base.text_encoder.device))[0]
     regions = set_mask_guided_attention(unet, cfg.mask_attention_weight)
     ckpt_on = cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else device.type == "cuda"
     restore_ckpt = None

@@ -77,6 +77,11 @@ class AttentionScenario:
     seed: int = 2024
 
 
+# DreamBooth's diverse class prior: class videos in the held-out scenes, each in a held-out built-in motion on its own
+# skeletons (none in the reference's poses), weight 0.3, region-normalised identity term
+DIVERSE_PRIOR = {"prior_prompts": "other scenes", "prior_motions": "other motions", "prior_reference": False,
+                 "prior_weight": 0.3, "identity_norm": "region"}
+WIDE = {"lora_reach": "wide", "rank": 16, "alpha": 16.0}  # LoRA r16 on every spatial Linear and resnet conv
 VARIANTS = {  # ablations: what each changes in the identity job
     "full": {},
     "no-bw-loss": {"bw_alpha": 1.0},
@@ -93,18 +98,11 @@ VARIANTS = {  # ablations: what each changes in the identity job
     "oracle": {"full_unet": True, "bw_alpha": 1.0, "mask_attention_weight": 1.0, "prior_weight": 0.0, "lr": 1e-4,
                "optimizer": "adamw", "stage1_steps": 800, "stage2_steps": 200},
     "region-norm": {"identity_norm": "region"},  # eq. 1's means over each region instead of the frame
-    # DreamBooth's diverse class prior: class videos in the held-out scenes, each in a held-out built-in motion on
-    # its own skeletons (none in the reference's poses), weight 0.3, region-normalised identity term
-    "diverse-prior": {"prior_prompts": "other scenes", "prior_motions": "other motions", "prior_reference": False,
-                      "prior_weight": 0.3, "identity_norm": "region"},
+    "diverse-prior": DIVERSE_PRIOR,
     # the same, and the person pasted onto the held-out scenes with captions naming them (decoupling)
-    "composite": {"prior_prompts": "other scenes", "prior_motions": "other motions", "prior_reference": False,
-                  "prior_weight": 0.3, "identity_norm": "region", "composite_scenes": "other scenes"},
-    # adapter reach: LoRA r16 on every spatial Linear and resnet conv instead of attn2 only
-    "wide": {"lora_reach": "wide", "rank": 16, "alpha": 16.0},
-    "wide-diverse": {"lora_reach": "wide", "rank": 16, "alpha": 16.0, "prior_prompts": "other scenes",
-                     "prior_motions": "other motions", "prior_reference": False, "prior_weight": 0.3,
-                     "identity_norm": "region"},
+    "composite": {**DIVERSE_PRIOR, "composite_scenes": "other scenes"},
+    "wide": WIDE,  # adapter reach: every spatial Linear and resnet conv instead of attn2 only
+    "wide-diverse": {**WIDE, **DIVERSE_PRIOR},
     "rare-token": {"identifier": "rare"},  # <me> one token of its own at a reserved rare word's embedding (frozen)
     "pivotal": {"identifier": "pivotal"},  # that token's embedding trained with the LoRA (pivotal tuning)
     "pivotal-slow": {"identifier": "pivotal", "token_lr": 1e-3},
@@ -118,8 +116,7 @@ VARIANTS = {  # ablations: what each changes in the identity job
     # textual inversion: the identifier embedding alone (LoRA frozen at zero)
     "textual-inversion": {"identifier": "pivotal", "lr": 0.0},
     "textual-inversion-fast": {"identifier": "pivotal", "lr": 0.0, "token_lr": 2e-2},
-    "pivotal-diverse": {"identifier": "pivotal", "prior_prompts": "other scenes", "prior_motions": "other motions",
-                        "prior_reference": False, "prior_weight": 0.3, "identity_norm": "region"},
+    "pivotal-diverse": {"identifier": "pivotal", **DIVERSE_PRIOR},
 }
 # Columns without training: the rendered target clip (ceiling), the base from the class caption (floor) and the base
 # from the person's full written appearance (description: what the base can draw of this person from text alone).
