@@ -58,6 +58,41 @@ def adapter_target_pattern(reach: str = "attn2", projections=ATTN2_PROJECTIONS) 
     if reach == "wide":
         return f"({block})|(.*(down_blocks\\.\\d+|up_blocks\\.\\d+|mid_block)\\.resnets\\.\\d+\\.conv[12])"
     raise AAError("lora reach", reach, f"use one of {', '.join(LORA_REACHES)}")
+def appearance_parts(appearance: str, identifier: str, class_word: str) -> tuple[str, str]:
+    """Split a stored appearance phrase ('a bald <me> man, in a red shirt and blue trousers') around
+    '<identifier> <class>': (the words before it without the article, the text after it): ('bald ', ', in a …')."""
+    at = appearance.find(f"{identifier} {class_word}")
+    if at < 0:
+        raise AAError("appearance", short_repr(appearance), f"name the person as '{identifier} {class_word}' in it, "
+                      f"e.g. 'a {identifier} {class_word} in a grey shirt'")
+    pre = re.sub(r"^(a|an|the)\s+", "", appearance[:at].strip(), flags=re.I)
+    return (f"{pre} " if pre else ""), appearance[at + len(identifier) + len(class_word) + 1:].rstrip(" ,.")
+
+
+def describe_identifier(prompt: str, identifier: str, class_word: str, appearance: str,
+                        keep_identifier: bool = False) -> str:
+    """Write the person's appearance into `prompt` where it names '<identifier> <class>':
+    'a <me> woman dancing in a snow field' → 'a woman with a black ponytail, in a grey shirt, a yellow skirt and red
+    shoes, dancing in a snow field' — the world captions' order (appearance, then action and scene), so the base
+    draws the described person and the adapter only adds what words do not say. The identifier itself is dropped
+    unless `keep_identifier` (a token of its own, carried by the adapter): as ordinary word pieces ('<', 'me', '>')
+    it would only push the words after it off the meaning the base learnt. A prompt that already describes the person, or
+    never names '<identifier> <class>', keeps its words (only the identifier goes, unless kept)."""
+    pre, post = appearance_parts(appearance, identifier, class_word)
+    m = re.search(re.escape(identifier) + r"\s+" + re.escape(class_word) + r"(?![\w-])", prompt)
+    if m is None:
+        return prompt
+    name = f"{identifier} {class_word}" if keep_identifier else class_word
+    if post.strip(" ,") and post.strip(" ,") in prompt:  # already described: only the identifier goes
+        return f"{prompt[:m.start()]}{name}{prompt[m.end():]}"
+    rest = prompt[m.end():]
+    joint = "," if rest.strip() and not rest.lstrip().startswith((",", ".", ";", ":")) else ""
+    start = m.start()
+    if pre and prompt[:start].rstrip().endswith(pre.strip()):
+        pre = ""  # the words before the identifier are already there ('a bald <me> man')
+    return f"{prompt[:start]}{pre}{name}{post}{joint}{rest}"
+
+
 _TENSOR_NAME = re.compile(r"^unet\.(?P<module>.+)\.lora_(?P<ab>[AB])\.weight$")
 _EMBEDDING_NAME = re.compile(r"^bundle_emb\.(?P<token>[^.]+)\.string_to_param\.\*$")
 
@@ -95,19 +130,27 @@ class Adapter:
         return self.meta.get("identifier", "")
 
     @property
+    def appearance(self) -> str | None:
+        """The person's written appearance the adapter was trained with ('a <me> woman in a grey shirt …'), if any."""
+        return self.meta.get("appearance")
+
+    @property
     def bone_lengths(self) -> np.ndarray | None:
         b = self.meta.get("bone_lengths")
         return None if b is None else np.array([np.nan if v is None else v for v in b], dtype=np.float32)
 
 
 def adapter_metadata(*, identifier: str, class_word: str, rank: int, alpha: float, base_fingerprint: str,
-                     target_modules: str = SPATIAL_ATTN2, bone_lengths=None, training: dict | None = None) -> dict:
-    """The `aa_adapter` metadata document."""
+                     target_modules: str = SPATIAL_ATTN2, bone_lengths=None, training: dict | None = None,
+                     appearance: str | None = None) -> dict:
+    """The `aa_adapter` metadata document; `appearance`: the person's written appearance naming
+    '<identifier> <class>' (aa-run writes it into prompts), when the adapter was trained with it."""
     if bone_lengths is not None:
         bone_lengths = [None if not np.isfinite(v) else round(float(v), 5) for v in bone_lengths]
     return {"format": ADAPTER_FORMAT, "identifier": identifier, "class_word": class_word, "rank": int(rank),
             "alpha": float(alpha), "target_modules": target_modules, "base_fingerprint": base_fingerprint,
             "bone_lengths": bone_lengths, "training": training or {},
+            **({"appearance": appearance} if appearance else {}),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
@@ -161,6 +204,14 @@ def _check_metadata(meta: object, path: Path) -> dict:
     for key in ("identifier", "class_word", "base_fingerprint"):
         if not isinstance(meta.get(key, ""), str):
             raise bad(key, "expected a string")
+    appearance = meta.get("appearance")
+    if appearance is not None:
+        if not isinstance(appearance, str) or len(appearance) > 1000:
+            raise bad("appearance", "expected a string of at most 1000 characters")
+        try:
+            appearance_parts(appearance, meta.get("identifier", ""), meta.get("class_word", ""))
+        except AAError:
+            raise bad("appearance", f"expected a phrase naming '{meta.get('identifier')} {meta.get('class_word')}'")
     bones = meta.get("bone_lengths")
     if bones is not None and not (isinstance(bones, list) and len(bones) == 17 and all(
             v is None or isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1e6 for v in bones)):

@@ -26,6 +26,7 @@ class RunConfig:
     motion_module: str | None = None
     adapter: str | None = None
     force: bool = False
+    describe: bool = True  # write an adapter's trained appearance into the prompt
     retarget: bool = True
     negative_prompt: str = ""
     pose: str | None = None
@@ -108,7 +109,7 @@ def run(cfg: RunConfig) -> dict[str, Path]:
                    "so the video will be noise (train it with aa-train base)", err=True)
     pipe = AnimatePipeline.from_base(base)
     if adapter is not None:
-        pipe.set_identity(adapter, force=cfg.force)
+        pipe.set_identity(adapter, force=cfg.force, describe=cfg.describe)
     if cfg.backend != "torch":
         from .backends import make_backend
 
@@ -134,7 +135,7 @@ def run(cfg: RunConfig) -> dict[str, Path]:
         written["gif"] = write_video(stem.with_suffix(".gif"), out.frames, fps)
     written["preview"] = write_video(Path(f"{stem}.preview.mp4"), side_by_side(out.pose_frames, out.frames), fps)
     sidecar = {
-        "prompt": cfg.prompt, "negative_prompt": cfg.negative_prompt, "seed": cfg.seed,
+        "prompt": cfg.prompt, "prompt_used": pipe.describe_prompt(cfg.prompt), "negative_prompt": cfg.negative_prompt, "seed": cfg.seed,
         "steps": d.steps if cfg.steps is None else cfg.steps, "scheduler": cfg.scheduler or d.scheduler,
         "guidance": d.guidance if cfg.guidance is None else cfg.guidance,
         "frames": int(out.frames.shape[0]), "fps": fps, "width": width, "height": height,
@@ -188,6 +189,8 @@ def fail(e: Exception) -> None:
 @click.option("--motion-module", default=None, help="AnimateDiff motion module (folder or file), with an SD1.5 --base.")
 @click.option("--adapter", default=None, help="Identity adapter .safetensors from aa-train identity.")
 @click.option("--force", is_flag=True, help="Merge an adapter made for another base anyway.")
+@click.option("--no-describe", is_flag=True,
+              help="Use the prompt as written: do not write the adapter's trained appearance in after <NAME> CLASS.")
 @click.option("--no-retarget", is_flag=True, help="Keep the driving poses' bone lengths (skip retargeting).")
 @click.option("--pose", default=None, help="Driving poses: a video (its .aa.json sidecar or mediapipe) or an .aa.json.")
 @click.option("--pose-backend", type=click.Choice(["auto", "sidecar", "mediapipe"]), default="auto", show_default=True,
@@ -216,14 +219,14 @@ def fail(e: Exception) -> None:
 @click.option("--no-gif", is_flag=True, help="Do not write the gif.")
 @click.option("-o", "--output", default="out/aa-run.mp4", show_default=True, type=click.Path(path_type=Path),
               help="Output mp4; OUT.gif, OUT.preview.mp4 and OUT.json are written beside it.")
-def main(prompt, negative_prompt, base, motion_module, adapter, force, no_retarget, pose, pose_backend, motion,
+def main(prompt, negative_prompt, base, motion_module, adapter, force, no_describe, no_retarget, pose, pose_backend, motion,
          pose_fit, frames, fps, height, width, steps, guidance, scheduler, seed, noise_correlation, window, overlap,
          device, dtype, backend, onnx, no_gif, output):
     """Generate a video of PROMPT, moving as the --pose video or the built-in --motion says."""
     quiet_libraries()
     try:
         cfg = RunConfig(prompt=prompt, output=output, base=base, motion_module=motion_module, adapter=adapter,
-                        force=force, retarget=not no_retarget, negative_prompt=negative_prompt, pose=pose,
+                        force=force, describe=not no_describe, retarget=not no_retarget, negative_prompt=negative_prompt, pose=pose,
                         pose_backend=pose_backend, motion=motion, pose_fit=pose_fit, frames=frames, fps=fps,
                         height=height, width=width, steps=steps, guidance=guidance, scheduler=scheduler, seed=seed,
                         noise_correlation=noise_correlation, window=window, overlap=overlap, device=device, dtype=dtype, backend=backend, onnx=onnx,

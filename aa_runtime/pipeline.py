@@ -86,6 +86,8 @@ class AnimatePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         self.defaults = SampleDefaults()
         self.backend: UNetBackend = TorchBackend(unet)
         self.identity = None  # the merged identity adapter, if any (aa_runtime.adapters.Adapter)
+        # (identifier, class word, appearance, keep the identifier) written into prompts naming the identity
+        self.appearance: tuple[str, str, str, bool] | None = None
 
     @classmethod
     def from_base(cls, base: BaseModel) -> "AnimatePipeline":
@@ -107,8 +109,10 @@ class AnimatePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         """Route UNet evaluations through `backend` (see aa_runtime.backends)."""
         self.backend = backend
 
-    def set_identity(self, adapter, *, force: bool = False) -> None:
-        """Merge an identity adapter into the UNet (once; checked for base match and finite weights)."""
+    def set_identity(self, adapter, *, force: bool = False, describe: bool = True) -> None:
+        """Merge an identity adapter into the UNet (once; checked for base match and finite weights). An adapter
+        trained with the person's written appearance has it written into every prompt that names
+        '<identifier> <class>' (`describe=False`: prompts as given)."""
         from .adapters import add_identifier_token, merge_adapter
 
         if self.identity is not None:
@@ -118,8 +122,27 @@ class AnimatePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         if adapter.embedding is not None:  # pivotal tuning: the identifier is a token of its own
             add_identifier_token(self.tokenizer, self.text_encoder, adapter.identifier, adapter.embedding)
         self.identity = adapter
+        if describe and adapter.appearance:
+            self.set_appearance(adapter.identifier, adapter.meta.get("class_word", ""), adapter.appearance,
+                                keep_identifier=adapter.embedding is not None)
         if isinstance(self.backend, TorchBackend):
             self.backend = TorchBackend(self.unet)
+
+    def set_appearance(self, identifier: str, class_word: str, appearance: str | None, *,
+                       keep_identifier: bool = False) -> None:
+        """Write `appearance` into prompts naming '<identifier> <class>' (None: prompts as given); the identifier
+        stays in the prompt only with `keep_identifier` (it has a trained embedding)."""
+        from .adapters import appearance_parts
+
+        if appearance is not None:
+            appearance_parts(appearance, identifier, class_word)  # one clear error for a phrase without them
+        self.appearance = (identifier, class_word, appearance, keep_identifier) if appearance else None
+
+    def describe_prompt(self, prompt: str) -> str:
+        """`prompt` as the UNet reads it: the identity's appearance written in where it names the identity."""
+        from .adapters import describe_identifier
+
+        return describe_identifier(prompt, *self.appearance) if self.appearance else prompt
 
     # ------------------------------------------------------------------------------------- inputs
     def check_inputs(self, prompt, poses, num_frames, fps, height, width, steps, guidance, scheduler, window,
@@ -228,7 +251,7 @@ class AnimatePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         timings, t0 = {}, time.perf_counter()
 
         # 1. encode prompt
-        text = self.encode_prompt(prompt)
+        text = self.encode_prompt(self.describe_prompt(prompt))
         uncond = self.encode_prompt(negative_prompt or "")
         timings["encode_prompt_s"] = time.perf_counter() - t0
 

@@ -3,6 +3,8 @@ and the class caption without the identifier ("a man waving on a beach") for pri
 
 - `template` — offline default: the synthetic world's captions when its sidecar gives motion, scene and
   objects; otherwise "a photo of <token> <class>" (+ ", <description>").
+- `judge`    — the template captions, and the person's appearance (for --describe) read off the frames by the
+  synthetic world's judge instead of taken from the sidecar's caption: a captioner of the world that can be wrong.
 - `openai`   — any OpenAI-compatible endpoint through the official client (`OPENAI_API_KEY`,
   `OPENAI_BASE_URL`): three frames as PNG image parts, one sentence back about clothing, action and scene.
   Every failure (no key, timeout, auth, refusal, empty reply) falls back to `template` with one warning
@@ -24,8 +26,8 @@ from PIL import Image
 from aa_world.captions import MOTION_VERBS, SCENE_PHRASES, class_caption, identity_caption
 from aa_world.objects import check_objects
 
-Captioner = Literal["template", "openai"]
-CAPTIONERS = ("template", "openai")
+Captioner = Literal["template", "openai", "judge"]
+CAPTIONERS = ("template", "openai", "judge")
 DEFAULT_OPENAI_MODEL = "gpt-4o"
 DEFAULT_TIMEOUT_S = 30.0
 CAPTION_FRAMES = 3
@@ -68,6 +70,39 @@ def world_context(source: dict | None) -> dict | None:
     except (KeyError, TypeError, ValueError):
         return None
     return {"motion": motion, "scene": scene, "objects": pairs}
+
+
+def world_appearance(caption: str | None, context: dict | None, token: str, class_word: str) -> str | None:
+    """The person's written appearance from a synthetic-world sidecar's full caption, naming '<token> <class>':
+    'a woman with a black ponytail, in a grey shirt, … turning around on a beach' → 'a <token> woman with a black
+    ponytail, in a grey shirt, …'. None when the caption is not the world's appearance + context."""
+    from aa_world.captions import context_phrase
+
+    if not isinstance(caption, str) or context is None:
+        return None
+    tail = ", " + context_phrase(context["motion"], context["scene"], context["objects"])
+    if not caption.endswith(tail) or not caption.startswith("a "):
+        return None
+    words = caption[:-len(tail)]
+    m = re.search(rf"(?<=\s){re.escape(class_word)}(?![\w-])", words)
+    if m is None:
+        return None
+    return f"{words[:m.start()]}{token} {words[m.start():]}"
+
+
+def judge_appearance(frames: np.ndarray, token: str, class_word: str, judge=None) -> str:
+    """The person's appearance as the world's judge reads it in uint8 frames (F, H, W, 3), naming '<token> <class>'."""
+    from aa_world.captions import appearance_phrase
+    from aa_world.judge import Judge, read_identity
+
+    phrase = appearance_phrase(read_identity(judge or Judge.load(), frames, class_word))
+    m = re.search(rf"(?<=\s){re.escape(class_word)}(?![\w-])", phrase)
+    return f"{phrase[:m.start()]}{token} {phrase[m.start():]}"
+
+
+def described_appearance(token: str, class_word: str, description: str) -> str:
+    """'in a grey shirt and a yellow skirt' → 'a <token> woman in a grey shirt and a yellow skirt'."""
+    return f"a {token} {class_word} {description.strip().lstrip(',').strip()}"
 
 
 def template_captions(token: str, class_word: str, context: dict | None = None,

@@ -132,8 +132,17 @@ def base_cmd(data, output, stages, work_dir, size, frames, vae_steps, image_step
               show_default=True)
 @click.option("--mask-backend", type=click.Choice(["auto", "sidecar", "mediapipe", "sam"]), default="auto",
               show_default=True)
-@click.option("--captioner", type=click.Choice(["template", "openai"]), default="template", show_default=True)
-@click.option("--description", default=None, help="Extra caption text for the template captioner.")
+@click.option("--captioner", type=click.Choice(["template", "openai", "judge"]), default="template", show_default=True,
+              help="template: the world sidecar's captions or 'a photo of <NAME> CLASS'; openai: a vision model "
+                   "describes clothing, action and scene; judge: template captions, the appearance for --describe "
+                   "read off the frames by the synthetic world's judge.")
+@click.option("--description", default=None,
+              help="What the person wears, e.g. 'in a grey shirt and a yellow skirt': extra caption text for the "
+                   "template captioner, and the written appearance for --describe.")
+@click.option("--describe/--no-describe", default=None,
+              help="Write the person's appearance (--description, or a world sidecar's caption) into every training "
+                   "caption and the adapter; aa-run then writes it into prompts naming <NAME> CLASS, so the adapter "
+                   "learns what the words do not say [off].")
 @click.option("--fps", type=float, default=None, help="Resample the reference video [its rate, at most 8].")
 @click.option("--min-person-fraction", type=float, default=None, help="Frames that must show a person [0.5].")
 @click.option("--sam-checkpoint", type=click.Path(path_type=Path), default=None,

@@ -2,11 +2,16 @@
 
 1. Render the example reference video: an evaluation identity (never seen in base training) in one scene, with a
    turn so front and back are both seen; its `.aa.json` sidecar carries poses and masks.
-2. `aa-train identity` on it → out/me.safetensors.
-3. `aa-run` with the adapter in a new scene and an unseen motion → out/me-snow.mp4 (+ gif, preview, sidecar).
+2. `aa-train identity --describe --captioner judge --lr 3e-4` on it → out/me.safetensors: the world's judge reads the
+   person's appearance off the reference (as a captioner would for real footage), the adapter is trained with it in
+   every caption, at a third of the paper's learning rate (the words already draw most of the person: a full-size
+   step pulls the reference's scene in), and carries it.
+3. `aa-run` with the adapter in a new scene and an unseen motion → out/me-snow.mp4 (+ gif, preview, sidecar); the
+   prompt's '<me> woman' is written out with the appearance.
 4. The synthetic world's judge scores that video: is it this identity, in that scene? Next to it, the same run
-   without the adapter (the class word only: the floor) and the renderer's own clip of the identity there (the
-   ceiling) → out/judge.json.
+   without the adapter (the class word only: the floor), the read appearance as words alone without the adapter
+   (what the text does) and the renderer's own clip of the identity there (the ceiling) → out/judge.json, and a
+   frame grid of them → out/grid.png.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from aa_runtime.model import DEFAULT_BUNDLE, MANIFEST
 
 REFERENCE = dict(identity_seed=1_000_007, scene="beach", scene_seed=11, motion="turn", frames=24, fps=8.0, seed=3)
 TARGET = dict(scene="snow field", motion="dance", frames=16, seed=0)  # the new scene and motion of step 3
+DESCRIBED_LR = 3e-4  # benchmarks/results/quality_identity_light.md: the described recipe's best measured rate
 
 
 def base_for_demo(out: Path, log) -> tuple[str, bool]:
@@ -57,6 +63,8 @@ def main(argv=None) -> int:
     from aa_runtime.cli import RunConfig, quiet_libraries, run
 
     quiet_libraries()  # before .identity pulls in peft → bitsandbytes, whose import-time notices reach stderr
+    from aa_runtime.adapters import describe_identifier
+
     from .identity import IdentityTrainConfig, train_identity
 
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
@@ -74,17 +82,23 @@ def main(argv=None) -> int:
         cls = _class_word()
         result = train_identity(IdentityTrainConfig(video=ref, name="me", class_word=cls, base=base,
                                                     output=out / "me.safetensors", cache_dir=out / "cache",
-                                                    **steps), log=log)
+                                                    describe=True, captioner="judge", lr=DESCRIBED_LR, **steps),
+                                log=log)
+        log(f"      appearance read off the reference: {result.appearance!r}")
         log("[3/4] aa-run in a new scene with an unseen motion ...")
         common = dict(base=base, motion=TARGET["motion"], frames=TARGET["frames"], seed=0,
                       progress=sys.stderr.isatty())
-        written = run(RunConfig(prompt=f"a <me> {cls} dancing in a {TARGET['scene']}", output=out / "me-snow.mp4",
-                                adapter=str(result.adapter), **common))
-        log("[4/4] judge: the same run without the adapter (floor), and the rendered identity there (ceiling) ...")
+        prompt = f"a <me> {cls} dancing in a {TARGET['scene']}"
+        written = run(RunConfig(prompt=prompt, output=out / "me-snow.mp4", adapter=str(result.adapter), **common))
+        log("[4/4] judge: the same run without the adapter (floor), the appearance as words alone, and the rendered "
+            "identity there (ceiling) ...")
         floor = run(RunConfig(prompt=f"a {cls} dancing in a {TARGET['scene']}", output=out / "class-snow.mp4",
                               gif=False, **common))
-        scores = judge_demo(written["video"], floor["video"], out / "judge.json")
-        grid = frame_grid(out / "grid.png", ref, written["video"], floor["video"])
+        words = describe_identifier(prompt, "<me>", cls, result.appearance)
+        described = run(RunConfig(prompt=words, output=out / "words-snow.mp4", gif=False, **common))
+        videos = {"adapter": written["video"], "no adapter": floor["video"], "words only": described["video"]}
+        scores = judge_demo(videos, out / "judge.json")
+        grid = frame_grid(out / "grid.png", ref, videos)
     except AAError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -94,14 +108,15 @@ def main(argv=None) -> int:
     for kind, path in written.items():
         print(f"{kind:>11}: {path}")
     print(f"      judge: {scores['path']}")
-    print(f"       grid: {grid} (reference | adapter | no adapter | ceiling)")
+    print(f"       grid: {grid} (rows: reference, adapter, no adapter, words only, ceiling)")
     for name, row in scores["videos"].items():
         print(f"{name:>11}: ID accuracy {row['id_accuracy']:.2f}, scene accuracy {row['scene_accuracy']:.2f}")
     return 0
 
 
-def judge_demo(video: Path, floor_video: Path, path: Path) -> dict:
-    """Judge scores of the adapter's video, the no-adapter floor and the rendered ceiling; written to `path`.
+def judge_demo(videos: dict[str, Path], path: Path) -> dict:
+    """Judge scores of each named video (the adapter's, the no-adapter floor, …) and of the rendered ceiling;
+    written to `path`.
     Scored from the written mp4 files, as a user sees them; the ceiling is the renderer's clip of the same identity
     with the same motion and seed (so the same views) in the target scene. No pose IoU: `aa-run --motion` places
     the figure for a default body, the renderer for the identity's, so the silhouettes need not overlap."""
@@ -111,23 +126,23 @@ def judge_demo(video: Path, floor_video: Path, path: Path) -> dict:
     from aa_world.metrics import score_video
 
     judge = Judge.load()
-    frames = read_video(video).frames
-    h, w = frames.shape[1:3]
+    frames = {name: read_video(v).frames for name, v in videos.items()}
+    h, w = next(iter(frames.values())).shape[1:3]
     target = render_clip(ClipSpec(identity_seed=REFERENCE["identity_seed"], scene_seed=101, fps=REFERENCE["fps"],
                                   width=w, height=h, **TARGET))
-    videos = {"adapter": frames, "no adapter": read_video(floor_video).frames, "ceiling": target.frames}
     rows = {k: {m: v for m, v in score_video(judge, f, target, TARGET["scene"], (), REFERENCE["scene"]).items()
                 if m in ("id_accuracy", "scene_accuracy", "background_leakage")}
-            for k, f in videos.items()}
+            for k, f in (frames | {"ceiling": target.frames}).items()}
     report = {"identity_seed": REFERENCE["identity_seed"], "scene": TARGET["scene"], "motion": TARGET["motion"],
               "judge": judge.source, "videos": rows}
     write_json(path, report)
     return report | {"path": path}
 
 
-def frame_grid(path: Path, reference: Path, video: Path, floor_video: Path, columns: int = 8, zoom: int = 3) -> Path:
-    """A PNG a person can look at: rows of `columns` evenly spaced frames of the reference, the adapter's video, the
-    no-adapter video and the renderer's own clip of the identity in the target scene (the ceiling), each labelled."""
+def frame_grid(path: Path, reference: Path, videos: dict[str, Path], columns: int = 8, zoom: int = 3) -> Path:
+    """A PNG a person can look at: rows of `columns` evenly spaced frames of the reference, each named video (the
+    adapter's, the no-adapter one, …) and the renderer's own clip of the identity in the target scene (the
+    ceiling), each labelled."""
     import numpy as np
     from PIL import Image, ImageDraw
 
@@ -135,12 +150,10 @@ def frame_grid(path: Path, reference: Path, video: Path, floor_video: Path, colu
     from aa_runtime.video import read_video
     from aa_world.clips import ClipSpec, render_clip
 
-    adapter = read_video(video).frames
-    h, w = adapter.shape[1:3]
-    ceiling = render_clip(ClipSpec(identity_seed=REFERENCE["identity_seed"], scene_seed=101, fps=REFERENCE["fps"],
-                                   width=w, height=h, **TARGET)).frames
-    rows = {"reference": read_video(reference).frames, "adapter": adapter, "no adapter": read_video(floor_video).frames,
-            "ceiling": ceiling}
+    rows = {"reference": read_video(reference).frames} | {name: read_video(v).frames for name, v in videos.items()}
+    h, w = rows[next(iter(videos))].shape[1:3]
+    rows["ceiling"] = render_clip(ClipSpec(identity_seed=REFERENCE["identity_seed"], scene_seed=101,
+                                           fps=REFERENCE["fps"], width=w, height=h, **TARGET)).frames
     label_w = 80
     sheet = Image.new("RGB", (label_w + columns * w * zoom, len(rows) * h * zoom), "white")
     draw = ImageDraw.Draw(sheet)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from aa_runtime.adapters import (ATTN2_PROJECTIONS, LORA_REACHES, adapter_metadata, adapter_target_pattern,
-                                 add_identifier_token, attach_lora, save_adapter)
+                                 add_identifier_token, attach_lora, describe_identifier, save_adapter)
 from aa_runtime.cli import resolve_device
 from aa_runtime.errors import AAError, MissingDependencyError, atomic_path
 from aa_runtime.model import load_base
@@ -86,6 +86,10 @@ class IdentityTrainConfig:
     mask_backend: str = "auto"
     captioner: str = "template"
     description: str | None = None
+    # write the person's appearance (--description, else the judge's reading with captioner judge, else a world
+    # sidecar's caption) into every instance caption and the adapter; aa-run writes it into prompts naming
+    # <name> <class>, so the adapter learns what the words do not say
+    describe: bool = False
     fps: float | None = None  # resample the reference video (default: its own rate, capped at 8)
     min_person_fraction: float = 0.5
     sam_checkpoint: Path | None = None
@@ -195,6 +199,7 @@ class IdentityResult:
     summary: dict
     deltas: dict[str, torch.Tensor] = field(default_factory=dict)  # module path → ΔW of each trained attn2 linear
     base: object = None  # the BaseModel trained in place (LoRA layers still attached, unmerged)
+    appearance: str | None = None  # the written appearance trained with (describe), for prompts naming the identity
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -508,12 +513,20 @@ def train_identity(cfg: IdentityTrainConfig, log=print) -> IdentityResult:
         mid = len(data.frames) // 2
         data = replace(data, frames=data.frames[mid:mid + 1], keypoints=data.keypoints[mid:mid + 1],
                        masks=data.masks[mid:mid + 1])
+    appearance = data.source.get("appearance") if cfg.describe else None
+    if cfg.describe and not appearance:  # before anything is written
+        raise AAError("describe", f"no written appearance for {cfg.video}", "give --description 'in a grey shirt "
+                      "and a yellow skirt' (what the person wears), or train without --describe")
     if cfg.preview:
         from .preprocess import write_preview
 
         write_preview(data, cfg.output.with_suffix(".annotations.png"))
     n = len(data.frames)
-    log(f"reference: {n} frames at {res}px, caption {data.caption!r} ({time.time() - t0:.1f}s)")
+    # the identifier stays in the caption only as a token of its own (rare, pivotal; the adapter carries it): as
+    # ordinary word pieces it would only move the description's words off what the base learnt
+    caption = (describe_identifier(data.caption, cfg.token, cfg.class_word, appearance,
+                                   keep_identifier=cfg.identifier != "pieces") if appearance else data.caption)
+    log(f"reference: {n} frames at {res}px, caption {caption!r} ({time.time() - t0:.1f}s)")
 
     # 2. caches: latents, pose latents, text embeddings, latent masks, class samples
     work.mkdir(parents=True, exist_ok=True)  # only now: a video that fails step 1 leaves no folder behind
@@ -524,9 +537,9 @@ def train_identity(cfg: IdentityTrainConfig, log=print) -> IdentityResult:
     pose_latents = encode_frames(pipe, render_skeletons(poses))
     fore = latent_masks(torch.from_numpy(data.masks), latents.shape[-2:]).to(device)  # (F, 1, h, w)
     # the person as filmed, then pasted onto each composite scene with that scene in the caption (decoupling)
-    views = [(latents, data.caption)] + [
+    views = [(latents, caption)] + [
         (encode_frames(pipe, composite_frames(data.frames, data.masks, scene, cfg.seed + k)),
-         scene_caption(data.caption, scene)) for k, scene in enumerate(cfg.composite_scenes)]
+         scene_caption(caption, scene)) for k, scene in enumerate(cfg.composite_scenes)]
     # (1, T, D) each; a trained identifier goes through the encoder every step instead
     texts = {} if cfg.identifier == "pivotal" else {caption: pipe.encode_prompt(caption) for _, caption in views}
     bank = prior_bank(pipe, data, cfg, cache, pose_latents)
@@ -541,7 +554,7 @@ def train_identity(cfg: IdentityTrainConfig, log=print) -> IdentityResult:
             p.requires_grad_(False)
         params = []
     if cfg.lora_form == "key-locked":
-        params = lock_keys(unet, targets, base, data.caption, cfg)
+        params = lock_keys(unet, targets, base, caption, cfg)
     pivot = IdentifierEmbedding(base.text_encoder, token_id) if cfg.identifier == "pivotal" else None
     token_params = [pivot.vector] if pivot else []
     opt = make_optimizer(params, cfg, token_params)
@@ -676,31 +689,31 @@ def train_identity(cfg: IdentityTrainConfig, log=print) -> IdentityResult:
     # 5. write the adapter (LoRA) or collect the full deltas (ablation), with the loss curve
     summary = {"stages": {"stage1": {"steps": cfg.stage1_steps, "final_loss": _tail(losses["stage1"])},
                           "stage2": {"steps": cfg.stage2_steps, "final_loss": _tail(losses["stage2"])}},
-               "train_seconds": round(train_s, 1), "frames": n, "resolution": res, "caption": data.caption,
+               "train_seconds": round(train_s, 1), "frames": n, "resolution": res, "caption": caption,
                "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()
                             if k not in ("output", "work_dir", "cache_dir")},
                "preprocess": {k: v for k, v in data.source.items() if k in ("pose_backend", "mask_backend", "captioner")}}
     if cfg.full_unet:
-        return IdentityResult(None, summary, {}, base)
+        return IdentityResult(None, summary, {}, base, appearance)
     if cfg.full_attn2:
         deltas = {}  # the trained projections minus the base's: reload the base to diff against
         ref = load_base(cfg.base, cfg.motion_module, device="cpu").unet
         for name in targets:
             deltas[name] = (unet.get_submodule(name).weight.detach().cpu() - ref.get_submodule(name).weight)
-        return IdentityResult(None, summary, deltas, base)
+        return IdentityResult(None, summary, deltas, base, appearance)
     A, B = lora_tensors(unet, targets)
     scale = cfg.alpha / cfg.rank
     deltas = {k: scale * (B[k].flatten(1) @ A[k].flatten(1)).reshape(B[k].shape[0], *A[k].shape[1:]) for k in A}
     meta = adapter_metadata(identifier=cfg.token, class_word=cfg.class_word, rank=cfg.rank, alpha=cfg.alpha,
                             target_modules=cfg.target_pattern, base_fingerprint=base.fingerprint,
-                            bone_lengths=data.bone_lengths, training=summary)
+                            bone_lengths=data.bone_lengths, training=summary, appearance=appearance)
     path = save_adapter(cfg.output, A, B, meta, embedding=embedding)
     save_loss_curve(losses, cfg.output.with_suffix(".loss.png"))
     if ckpt.is_file():
         ckpt.unlink()
     if cfg.work_dir is None and not any(work.iterdir()):
         work.rmdir()  # the default OUT.work folder only held the checkpoint
-    return IdentityResult(path, summary, deltas, base)
+    return IdentityResult(path, summary, deltas, base, appearance)
 
 
 def _tail(values: list[float]) -> float | None:

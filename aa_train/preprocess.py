@@ -25,10 +25,10 @@ from aa_runtime.poses import PoseSequence, bone_lengths, load_annotations, rende
 from aa_runtime.video import read_video
 
 from . import backends as bk
-from .captioners import (CAPTIONERS, DEFAULT_OPENAI_MODEL, DEFAULT_TIMEOUT_S, CaptionResult, openai_captions,
-                         template_captions, world_context)
+from .captioners import (CAPTIONERS, DEFAULT_OPENAI_MODEL, DEFAULT_TIMEOUT_S, CaptionResult, described_appearance,
+                         judge_appearance, openai_captions, template_captions, world_appearance, world_context)
 
-CACHE_FORMAT = "aa-identity/1"
+CACHE_FORMAT = "aa-identity/2"  # 2: source["appearance"]
 DEFAULT_MAX_FPS = 8.0
 CROP_MARGIN = 0.15  # of the union box's longer side, on every side
 MIN_FRAMES = 2
@@ -302,9 +302,24 @@ def _check_dependencies(pose: str, mask: str) -> None:
 
 def _captions(cfg: PrepareConfig, frames: np.ndarray, context: dict | None) -> CaptionResult:
     fallback = template_captions(cfg.token, cfg.class_word, context, cfg.description)
-    if cfg.captioner == "template":
+    if cfg.captioner in ("template", "judge"):
         return fallback
     return openai_captions(frames, cfg.token, cfg.class_word, fallback, cfg.openai_model, cfg.openai_timeout)
+
+
+def _appearance(cfg: PrepareConfig, ann, side: Path, context: dict | None, frames: np.ndarray) -> str | None:
+    """The person's written appearance naming '<token> <class>': from --description, else as the world's judge reads
+    `frames` (captioner judge), else from a world sidecar's full caption; None when none says it."""
+    if cfg.description and cfg.description.strip():
+        return described_appearance(cfg.token, cfg.class_word, cfg.description)
+    if cfg.captioner == "judge":
+        return judge_appearance(frames, cfg.token, cfg.class_word)
+    if ann is None and side.is_file():
+        try:
+            ann = load_annotations(side)
+        except AAError:
+            return None
+    return world_appearance(ann.caption if ann is not None else None, context, cfg.token, cfg.class_word)
 
 
 def _caption_source(result: CaptionResult, cfg: PrepareConfig) -> dict:
@@ -390,6 +405,7 @@ def prepare_identity(cfg: PrepareConfig) -> IdentityData:
         "video": str(cfg.video), "video_sha256": video_sha, "original_size": [w, h], "video_fps": src_fps,
         "fps": fps, "frame_indices": [int(i) for i in indices], "frames_dropped": missing,
         "pose_backend": pose_backend, "mask_backend": mask_backend, "crop_box": list(box),
+        "appearance": _appearance(cfg, ann, side, context, frames_p),
         "crop_margin": CROP_MARGIN, "resolution": cfg.resolution, "world_context": context,
         **_caption_source(captions, cfg), "cache_key": key, "cache_hit": False,
     }

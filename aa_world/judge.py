@@ -321,3 +321,40 @@ def observable(views, attribute: str) -> np.ndarray:
     views = np.asarray(views)
     need = VIEW_DEPENDENT_ATTRIBUTES.get(attribute)
     return np.ones(len(views), bool) if need is None else views == need
+
+
+def read_identity(judge: Judge, frames: np.ndarray, class_word: str) -> "Identity":
+    """The person the judge reads in uint8 frames (F, H, W, 3) of one person: each attribute's probabilities
+    averaged over the frames that would show it (the judge's own view reading decides the logo's and backpack's),
+    then the most probable consistent identity (no hair colour when bald, a second shirt colour only on a patterned
+    shirt, a logo colour only with a logo shape). A reader of the world, like a captioner of real footage: it
+    makes the same mistakes the judge makes (hat, hair style and logo shape are its weakest)."""
+    from .identity import ATTRIBUTE_VALUES, NONE, Body, Identity
+
+    out = judge.predict(frames)
+    views = np.asarray(VIEWS)[out.view.argmax(1)]
+
+    def probs(name: str) -> np.ndarray:
+        seen = observable(views, name)
+        p = out.attributes[name][seen] if seen.any() else np.zeros((0, ATTRIBUTE_HEAD_SIZES[name]))
+        if not len(p):  # never seen from the side that shows it: read as absent
+            return np.eye(ATTRIBUTE_HEAD_SIZES[name])[0]
+        return p.mean(0)
+
+    def pick(name: str, exclude=(), allow_none: bool = True) -> str:
+        values = ATTRIBUTE_VALUES[name]
+        p = probs(name).copy()
+        for k, v in enumerate(values):
+            if v in exclude or (v == NONE and not allow_none):
+                p[k] = -1.0
+        return values[int(p.argmax())]
+
+    read = {name: pick(name) for name in ("skin", "hair_style", "shirt_colour", "shirt_pattern", "lower_garment",
+                                          "shoe_colour", "logo_shape", "backpack")}
+    read["hair_colour"] = NONE if read["hair_style"] == "bald" else pick("hair_colour", allow_none=False)
+    read["shirt_colour2"] = (NONE if read["shirt_pattern"] == "solid" else
+                             pick("shirt_colour2", exclude=(read["shirt_colour"],), allow_none=False))
+    read["lower_colour"] = pick("lower_colour")
+    read["hat"] = pick("hat")
+    read["logo_colour"] = NONE if read["logo_shape"] == NONE else pick("logo_colour", allow_none=False)
+    return Identity(seed=0, class_word=class_word, body=Body(), **read)

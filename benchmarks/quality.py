@@ -117,6 +117,20 @@ VARIANTS = {  # ablations: what each changes in the identity job
     "textual-inversion": {"identifier": "pivotal", "lr": 0.0},
     "textual-inversion-fast": {"identifier": "pivotal", "lr": 0.0, "token_lr": 2e-2},
     "pivotal-diverse": {"identifier": "pivotal", **DIVERSE_PRIOR},
+    # describe-then-learn: the person's written appearance (the world caption of the reference) in every training
+    # caption and in the prompts; the adapter learns what the words leave out
+    "described": {"describe": True},
+    "described-no-prior": {"describe": True, "prior_weight": 0.0},
+    "described-light": {"describe": True, "lr": 3e-4},  # a smaller step away from what the words already draw
+    "described-diverse": {"describe": True, **DIVERSE_PRIOR},
+    "described-textual-inversion": {"describe": True, "identifier": "pivotal", "lr": 0.0},
+    "described-pivotal": {"describe": True, "identifier": "pivotal"},
+    "described-wide-diverse": {"describe": True, **WIDE, **DIVERSE_PRIOR},
+    "described-composite": {"describe": True, **DIVERSE_PRIOR, "composite_scenes": "other scenes"},
+    # the same with the appearance read off the reference by the world's judge (a captioner that can be wrong)
+    # instead of the world's own caption (an oracle)
+    "described-judge": {"describe": True, "captioner": "judge"},
+    "described-judge-light": {"describe": True, "captioner": "judge", "lr": 3e-4},
 }
 # Columns without training: the rendered target clip (ceiling), the base from the class caption (floor) and the base
 # from the person's full written appearance (description: what the base can draw of this person from text alone).
@@ -326,6 +340,8 @@ def _identity_job(scn: IdentityScenario, base_path: str | None, work: Path, k: i
         result = train_identity(cfg, log=lambda m: print(f"[id{k} {variant}] {m}", file=sys.stderr))
         timings[variant] = time.time() - t0
         pipe = AnimatePipeline.from_base(result.base)  # the trained model in memory (LoRA attached)
+        pipe.set_appearance("<me>", cls, result.appearance,  # as aa-run does with the adapter file
+                            keep_identifier=cfg.identifier != "pieces")
         score(pipe, lambda c: identity_caption("<me>", cls, c.spec.motion, c.spec.scene), variant)
         print(f"[identity {k + 1}/{scn.identities}] {variant}: "
               f"ID {np.mean([r['id_accuracy'] for r in results[variant][-len(targets):]]):.3f}", file=sys.stderr)

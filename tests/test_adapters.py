@@ -234,3 +234,53 @@ def test_identifier_token_starts_at_a_reserved_rare_word(tiny_base):
     table = te.get_input_embeddings().weight
     torch.testing.assert_close(table[tid], table[tok.convert_tokens_to_ids("sks</w>")], atol=0, rtol=0)
     assert add_identifier_token(tok, te, "<newname>") == tid and len(tok) == n + 1  # a second call reuses it
+
+
+@pytest.mark.parametrize("prompt, want", [
+    ("a <me> woman dancing in a snow field",
+     "a woman with a black ponytail, in a grey shirt and red shoes, dancing in a snow field"),
+    ("a <me> woman", "a woman with a black ponytail, in a grey shirt and red shoes"),
+    ("a <me> woman, on a stage", "a woman with a black ponytail, in a grey shirt and red shoes, on a stage"),
+    # already described: the words stay, only the identifier goes
+    ("a <me> woman with a black ponytail, in a grey shirt and red shoes, running",
+     "a woman with a black ponytail, in a grey shirt and red shoes, running"),
+    # the identity not named with its class: as written
+    ("<me> dancing", "<me> dancing"), ("a <me> womanly figure", "a <me> womanly figure"),
+])
+def test_describe_identifier_writes_the_appearance_after_the_identity(prompt, want):
+    from aa_runtime.adapters import describe_identifier
+
+    appearance = "a <me> woman with a black ponytail, in a grey shirt and red shoes"
+    assert describe_identifier(prompt, "<me>", "woman", appearance) == want
+    kept = describe_identifier(prompt, "<me>", "woman", appearance, keep_identifier=True)
+    # a token of its own (the adapter carries its embedding) stays where the prompt put it
+    assert kept == (want.replace("a woman", "a <me> woman", 1) if want != prompt else want)
+
+
+def test_describe_identifier_bald_and_description_captions():
+    from aa_runtime.adapters import describe_identifier
+
+    bald = "a bald <me> man, in a red shirt"
+    assert describe_identifier("a <me> man on a beach", "<me>", "man", bald) == "a bald man, in a red shirt, on a beach"
+    assert describe_identifier("a bald <me> man on a beach", "<me>", "man", bald, keep_identifier=True) == \
+        "a bald <me> man, in a red shirt, on a beach"
+    # the template caption of a video with --description already holds the words
+    assert describe_identifier("a photo of <me> man, in a green coat", "<me>", "man", "a <me> man in a green coat") \
+        == "a photo of man, in a green coat"
+
+
+def test_adapter_appearance_metadata_is_checked(tmp_path):
+    from aa_runtime.adapters import adapter_metadata, load_adapter, save_adapter
+
+    A = {"down.attn2.to_k": torch.zeros(2, 8)}
+    B = {"down.attn2.to_k": torch.zeros(8, 2)}
+    for appearance, ok in [("a <me> man in a red shirt", True), ("a man in a red shirt", False), (7, False)]:
+        meta = adapter_metadata(identifier="<me>", class_word="man", rank=2, alpha=2.0, base_fingerprint="x",
+                                target_modules="down.attn2.to_k", appearance=None)
+        meta["appearance"] = appearance
+        path = save_adapter(tmp_path / "a.safetensors", A, B, meta)
+        if ok:
+            assert load_adapter(path).appearance == appearance
+        else:
+            with pytest.raises(AAError, match="adapter metadata appearance"):
+                load_adapter(path)

@@ -541,3 +541,45 @@ def test_key_locked_adapter_gives_the_identifier_the_class_words_key(tiny_bundle
     with pytest.raises(AAError, match="identifier rare"):
         IdentityTrainConfig(video=reference, name="me", class_word="man", output=tmp_path / "x.safetensors",
                             lora_form="key-locked", rank=1)
+
+
+def test_described_adapter_carries_the_world_appearance_into_training_and_prompts(tiny_bundle, reference, tmp_path):
+    """--describe: the reference's world caption (appearance) is in the training caption and the adapter, and the
+    pipeline writes it into prompts naming '<me> <class>'; without a written appearance, one clear error."""
+    from aa_runtime.pipeline import AnimatePipeline
+    from aa_runtime.poses import load_annotations, sidecar_path
+    from aa_train.identity import IdentityTrainConfig, train_identity
+    from aa_world.captions import appearance_phrase
+    from aa_world.identity import sample_identity
+
+    person = sample_identity(1_000_007)
+    want = appearance_phrase(person).replace(f" {person.class_word}", f" <me> {person.class_word}", 1)
+    assert load_annotations(sidecar_path(reference)).caption.startswith(appearance_phrase(person))
+    out = tmp_path / "me.safetensors"
+    cfg = IdentityTrainConfig(video=reference, name="me", class_word=person.class_word, output=out,
+                              base=str(tiny_bundle), stage1_steps=2, stage2_steps=1, image_batch=2, clip_frames=4,
+                              prior_weight=0.0, describe=True, cache_dir=tmp_path / "cache")
+    result = train_identity(cfg, log=lambda *_: None)
+    adapter = load_adapter(out)
+    assert adapter.appearance == result.appearance == want
+    words = want.replace("<me> ", "")  # the identifier as word pieces is dropped from the described captions
+    assert result.summary["caption"] == words + ", turning around on a beach"
+    pipe = AnimatePipeline.from_base(load_base(tiny_bundle))
+    pipe.set_identity(adapter)
+    prompt = f"a <me> {person.class_word} dancing in a snow field"
+    assert pipe.describe_prompt(prompt) == f"{words}, dancing in a snow field"
+    plain = AnimatePipeline.from_base(load_base(tiny_bundle))
+    plain.set_identity(adapter, describe=False)
+    assert plain.describe_prompt(prompt) == prompt
+
+    # a video with no sidecar caption and no --description: nothing to describe
+    bare = tmp_path / "bare.mp4"
+    bare.write_bytes(reference.read_bytes())
+    side = json.loads(sidecar_path(reference).read_text())
+    side["caption"] = "someone"
+    sidecar_path(bare).write_text(json.dumps(side))
+    (tmp_path / "ref.masks").symlink_to(reference.parent / "ref.masks")  # the sidecar's mask paths
+    with pytest.raises(AAError, match="describe: no written appearance"):
+        train_identity(IdentityTrainConfig(**{**cfg.__dict__, "video": bare, "output": tmp_path / "b.safetensors"}),
+                       log=lambda *_: None)
+    assert not (tmp_path / "b.safetensors").exists()

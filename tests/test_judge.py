@@ -294,7 +294,7 @@ def test_demo_scores_its_videos_from_the_written_mp4(tmp_path):
     other = render_clip(ClipSpec(identity_seed=REFERENCE["identity_seed"] + 1, scene_seed=101, **TARGET))
     a = write_video(tmp_path / "own.mp4", own.frames, 8.0)
     b = write_video(tmp_path / "other.mp4", other.frames, 8.0)
-    report = judge_demo(a, b, tmp_path / "judge.json")
+    report = judge_demo({"adapter": a, "no adapter": b}, tmp_path / "judge.json")
     rows = json.loads((tmp_path / "judge.json").read_text())["videos"]
     assert rows == report["videos"]
     assert abs(rows["adapter"]["id_accuracy"] - rows["ceiling"]["id_accuracy"]) <= 0.1
@@ -303,8 +303,8 @@ def test_demo_scores_its_videos_from_the_written_mp4(tmp_path):
 
 
 def test_demo_frame_grid_shows_each_video_in_its_row(tmp_path):
-    """The grid PNG holds four rows (reference, adapter, no adapter, ceiling) of 8 frames each, ×3 nearest: the
-    pixels of a row are the sampled frames of that video (the reference read back from its mp4)."""
+    """The grid PNG holds a row per video (reference, adapter, no adapter, words only, ceiling) of 8 frames each, ×3
+    nearest: the pixels of a row are the sampled frames of that video (the reference read back from its mp4)."""
     from PIL import Image
 
     from aa_runtime.video import read_video, write_video
@@ -315,10 +315,13 @@ def test_demo_frame_grid_shows_each_video_in_its_row(tmp_path):
     ref = write_video(tmp_path / "ref.mp4", own.frames[:12], 8.0)
     a = write_video(tmp_path / "a.mp4", own.frames, 8.0)
     b = write_video(tmp_path / "b.mp4", np.zeros_like(own.frames), 8.0)
-    sheet = np.asarray(Image.open(frame_grid(tmp_path / "grid.png", ref, a, b)))
-    assert sheet.shape == (4 * 64 * 3, 80 + 8 * 64 * 3, 3)
+    c = write_video(tmp_path / "c.mp4", np.full_like(own.frames, 255), 8.0)
+    videos = {"adapter": a, "no adapter": b, "words only": c}
+    sheet = np.asarray(Image.open(frame_grid(tmp_path / "grid.png", ref, videos)))
+    assert sheet.shape == (5 * 64 * 3, 80 + 8 * 64 * 3, 3)
     adapter_row = sheet[64 * 3:2 * 64 * 3, 80:]
     first = read_video(a).frames[0]
     assert np.array_equal(adapter_row[::3, :64 * 3:3], first)  # the first sampled frame, nearest-upscaled
     assert sheet[2 * 64 * 3:3 * 64 * 3, 80:].max() < 30  # the black no-adapter video
-    assert np.array_equal(sheet[3 * 64 * 3:, 80:][::3, :64 * 3:3], own.frames[0])  # the lossless ceiling
+    assert sheet[3 * 64 * 3:4 * 64 * 3, 80:].min() > 225  # the white words-only video
+    assert np.array_equal(sheet[4 * 64 * 3:, 80:][::3, :64 * 3:3], own.frames[0])  # the lossless ceiling
