@@ -123,6 +123,7 @@ VARIANTS = {  # ablations: what each changes in the identity job
     "described-no-prior": {"describe": True, "prior_weight": 0.0},
     "described-light": {"describe": True, "lr": 3e-4},  # a smaller step away from what the words already draw
     "described-light-no-prior": {"describe": True, "lr": 3e-4, "prior_weight": 0.0},
+    "described-kv": {"describe": True, "lora_targets": ("to_k", "to_v")},  # text-side only: no change without text
     "described-diverse": {"describe": True, **DIVERSE_PRIOR},
     "described-textual-inversion": {"describe": True, "identifier": "pivotal", "lr": 0.0},
     "described-pivotal": {"describe": True, "identifier": "pivotal"},
