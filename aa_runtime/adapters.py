@@ -211,7 +211,7 @@ def _check_metadata(meta: object, path: Path) -> dict:
         try:
             appearance_parts(appearance, meta.get("identifier", ""), meta.get("class_word", ""))
         except AAError:
-            raise bad("appearance", f"expected a phrase naming '{meta.get('identifier')} {meta.get('class_word')}'")
+            raise bad("appearance", f"expected a phrase naming '{meta.get('identifier')} {meta.get('class_word')}'") from None
     bones = meta.get("bone_lengths")
     if bones is not None and not (isinstance(bones, list) and len(bones) == 17 and all(
             v is None or isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1e6 for v in bones)):

@@ -135,7 +135,8 @@ def run(cfg: RunConfig) -> dict[str, Path]:
         written["gif"] = write_video(stem.with_suffix(".gif"), out.frames, fps)
     written["preview"] = write_video(Path(f"{stem}.preview.mp4"), side_by_side(out.pose_frames, out.frames), fps)
     sidecar = {
-        "prompt": cfg.prompt, "prompt_used": pipe.describe_prompt(cfg.prompt), "negative_prompt": cfg.negative_prompt, "seed": cfg.seed,
+        "prompt": cfg.prompt, "prompt_used": pipe.describe_prompt(cfg.prompt), "negative_prompt": cfg.negative_prompt,
+        "seed": cfg.seed,
         "steps": d.steps if cfg.steps is None else cfg.steps, "scheduler": cfg.scheduler or d.scheduler,
         "guidance": d.guidance if cfg.guidance is None else cfg.guidance,
         "frames": int(out.frames.shape[0]), "fps": fps, "width": width, "height": height,
@@ -219,17 +220,18 @@ def fail(e: Exception) -> None:
 @click.option("--no-gif", is_flag=True, help="Do not write the gif.")
 @click.option("-o", "--output", default="out/aa-run.mp4", show_default=True, type=click.Path(path_type=Path),
               help="Output mp4; OUT.gif, OUT.preview.mp4 and OUT.json are written beside it.")
-def main(prompt, negative_prompt, base, motion_module, adapter, force, no_describe, no_retarget, pose, pose_backend, motion,
-         pose_fit, frames, fps, height, width, steps, guidance, scheduler, seed, noise_correlation, window, overlap,
-         device, dtype, backend, onnx, no_gif, output):
+def main(prompt, negative_prompt, base, motion_module, adapter, force, no_describe, no_retarget, pose, pose_backend,
+         motion, pose_fit, frames, fps, height, width, steps, guidance, scheduler, seed, noise_correlation, window,
+         overlap, device, dtype, backend, onnx, no_gif, output):
     """Generate a video of PROMPT, moving as the --pose video or the built-in --motion says."""
     quiet_libraries()
     try:
         cfg = RunConfig(prompt=prompt, output=output, base=base, motion_module=motion_module, adapter=adapter,
-                        force=force, describe=not no_describe, retarget=not no_retarget, negative_prompt=negative_prompt, pose=pose,
-                        pose_backend=pose_backend, motion=motion, pose_fit=pose_fit, frames=frames, fps=fps,
-                        height=height, width=width, steps=steps, guidance=guidance, scheduler=scheduler, seed=seed,
-                        noise_correlation=noise_correlation, window=window, overlap=overlap, device=device, dtype=dtype, backend=backend, onnx=onnx,
+                        force=force, describe=not no_describe, retarget=not no_retarget,
+                        negative_prompt=negative_prompt, pose=pose, pose_backend=pose_backend, motion=motion,
+                        pose_fit=pose_fit, frames=frames, fps=fps, height=height, width=width, steps=steps,
+                        guidance=guidance, scheduler=scheduler, seed=seed, noise_correlation=noise_correlation,
+                        window=window, overlap=overlap, device=device, dtype=dtype, backend=backend, onnx=onnx,
                         gif=not no_gif, progress=sys.stderr.isatty() or not os.environ.get("CI"))
         written = run(cfg)
     except AAError as e:

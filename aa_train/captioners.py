@@ -83,11 +83,14 @@ def world_appearance(caption: str | None, context: dict | None, token: str, clas
     tail = ", " + context_phrase(context["motion"], context["scene"], context["objects"])
     if not caption.endswith(tail) or not caption.startswith("a "):
         return None
-    words = caption[:-len(tail)]
-    m = re.search(rf"(?<=\s){re.escape(class_word)}(?![\w-])", words)
-    if m is None:
-        return None
-    return f"{words[:m.start()]}{token} {words[m.start():]}"
+    return _name_person(caption[:-len(tail)], token, class_word)
+
+
+def _name_person(phrase: str, token: str, class_word: str) -> str | None:
+    """An appearance phrase with `token` before its class word ('a bald man, …' → 'a bald <me> man, …'); None when
+    the phrase never names the class."""
+    m = re.search(rf"(?<=\s){re.escape(class_word)}(?![\w-])", phrase)
+    return None if m is None else f"{phrase[:m.start()]}{token} {phrase[m.start():]}"
 
 
 def judge_appearance(frames: np.ndarray, token: str, class_word: str, judge=None) -> str:
@@ -95,9 +98,7 @@ def judge_appearance(frames: np.ndarray, token: str, class_word: str, judge=None
     from aa_world.captions import appearance_phrase
     from aa_world.judge import Judge, read_identity
 
-    phrase = appearance_phrase(read_identity(judge or Judge.load(), frames, class_word))
-    m = re.search(rf"(?<=\s){re.escape(class_word)}(?![\w-])", phrase)
-    return f"{phrase[:m.start()]}{token} {phrase[m.start():]}"
+    return _name_person(appearance_phrase(read_identity(judge or Judge.load(), frames, class_word)), token, class_word)
 
 
 def described_appearance(token: str, class_word: str, description: str) -> str:
