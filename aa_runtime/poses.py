@@ -1,4 +1,4 @@
-"""OpenPose-18 keypoints: the `.aa.json` annotation format (DESIGN §4), resampling, fitting, rendering."""
+"""OpenPose-18 keypoints: the `.aa.json` annotation format, resampling, fitting, rendering."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,8 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .errors import AAError, atomic_path, short_repr
+from .errors import AAError, short_repr
+from .files import atomic_path
 
 ANNOTATION_FORMAT = "aa-annotations/1"
 # What an `.aa.json` may hold: sizes of real frames, frame rates of real footage, keypoints near the frame

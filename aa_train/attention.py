@@ -1,11 +1,9 @@
-"""Mask-guided spatial self-attention (DESIGN §7): attention weights between a query and a key in different
-regions (person vs background) are multiplied by w < 1, so each region attends mostly to itself.
+"""Mask-guided spatial self-attention (the paper's mask-guided attention): attention weights between a query and a
+key in different regions (person vs background) are multiplied by w < 1, so each region attends mostly to itself.
 
 Implemented as a diffusers attention processor: a log-w bias on the logits through SDPA's `attn_mask`.
 Training-time only. The trainer sets the per-sample masks on a shared `RegionMasks` before each forward.
-
-Also a probe of the spatial cross-attention (`cross_attention_entropy`): how evenly each pixel spreads its weight
-over the text tokens, a base-model diagnostic."""
+The explicit cross-attention (`cross_attention_weights`, `project_out`) is shared with the grounding losses."""
 from __future__ import annotations
 
 import math
@@ -61,7 +59,7 @@ class MaskGuidedAttnProcessor:
         bias = self.regions.bias(tokens, self.weight, q.dtype, q.device)
         if bias is not None and bias.shape[0] != n:
             raise ValueError(f"region masks for {bias.shape[0]} samples, attention batch is {n}")
-        return _project_out(attn, F.scaled_dot_product_attention(q, k, v, attn_mask=bias), residual)
+        return project_out(attn, F.scaled_dot_product_attention(q, k, v, attn_mask=bias), residual)
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -69,7 +67,7 @@ def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.view(x.shape[0], -1, heads, x.shape[-1] // heads).transpose(1, 2)
 
 
-def _project_out(attn, out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+def project_out(attn, out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """Attention output (N, heads, L, d) → the processor's result: heads merged, to_out, residual, rescale."""
     n, heads, _, head = out.shape
     out = attn.to_out[1](attn.to_out[0](out.transpose(1, 2).reshape(n, -1, heads * head)))
@@ -93,24 +91,9 @@ def reset_attention(unet, regions: RegionMasks) -> None:
     regions.masks = None
 
 
-class CrossAttentionProbe:
-    """Cross-attention with the plain output that also records, per call, the mean over queries and heads of the
-    entropy of the weights over the text tokens divided by log(T): 1 = uniform (every pixel reads the same mix of
-    the text), 0 = each pixel reads a single token."""
-
-    def __init__(self):
-        self.ratios: list[float] = []
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        weights, v = cross_attention_weights(attn, hidden_states, encoder_hidden_states, attention_mask, "probe")
-        entropy = -(weights * weights.clamp_min(1e-30).log()).sum(-1)
-        self.ratios.append(float(entropy.mean() / math.log(weights.shape[-1])))
-        return _project_out(attn, weights @ v, hidden_states)
-
-
 def cross_attention_weights(attn, hidden_states, encoder_hidden_states, attention_mask, who: str):
     """Explicit cross-attention of a diffusers `Attention`: (weights (N, heads, L, T) softmax over the text tokens,
-    values (N, heads, T, d)); `_project_out(attn, weights @ v, hidden_states)` is then the processor's output."""
+    values (N, heads, T, d)); `project_out(attn, weights @ v, hidden_states)` is then the processor's output."""
     if encoder_hidden_states is None or hidden_states.ndim != 3 or attention_mask is not None:
         raise ValueError(f"the {who} handles unmasked cross-attention on (N, L, C) tokens only")
     if attn.group_norm is not None:
@@ -120,18 +103,3 @@ def cross_attention_weights(attn, hidden_states, encoder_hidden_states, attentio
     q = _split_heads(attn.to_q(hidden_states), attn.heads)  # (N, heads, L, d)
     k, v = (_split_heads(f(encoder_hidden_states), attn.heads) for f in (attn.to_k, attn.to_v))
     return (q @ k.transpose(-1, -2) * attn.scale).softmax(-1), v
-
-
-@torch.no_grad()
-def cross_attention_entropy(unet, sample: torch.Tensor, timestep: torch.Tensor,
-                            text: torch.Tensor) -> dict[str, float]:
-    """One UNet forward with every spatial cross-attention probed: layer name → normalised entropy of its weights
-    over the text tokens (see CrossAttentionProbe). The UNet's processors are restored afterwards."""
-    previous = dict(unet.attn_processors)
-    probes = {name: CrossAttentionProbe() for name in previous if SPATIAL_ATTN2.match(name)}
-    unet.set_attn_processor({name: probes.get(name, proc) for name, proc in previous.items()})
-    try:
-        unet(sample, timestep, encoder_hidden_states=text)
-    finally:
-        unet.set_attn_processor(previous)
-    return {name.removesuffix(".processor"): sum(p.ratios) / len(p.ratios) for name, p in probes.items() if p.ratios}

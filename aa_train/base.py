@@ -1,4 +1,4 @@
-"""`aa-train base`: train a pose-conditioned base bundle on the synthetic world (DESIGN §3, §8).
+"""`aa-train base`: train a pose-conditioned base bundle on the synthetic world.
 
 Stages, each resumable from its own checkpoint:
   vae    — AutoencoderKL on world frames (person pixels weighted up so clothing colours survive).
@@ -25,9 +25,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from aa_runtime.bundle import save_bundle
 from aa_runtime.errors import AAError
-from aa_runtime.model import TinyConfig, build_random_base, load_base, save_bundle
+from aa_runtime.model import load_base
 from aa_runtime.pipeline import to_unit as pipeline_to_unit
+from aa_runtime.tiny import TinyConfig, build_random_base
 
 from .grounding import grounding_losses, reset_grounding_attention, set_grounding_attention, token_regions
 from .losses import latent_masks
@@ -295,7 +297,7 @@ def cached_latents(vae, clips, stem: Path, log, rank: int = 0, world: int = 1,
     encodes its own block of clips; rank 0 joins the blocks; `barrier()` waits for every rank."""
     from safetensors.torch import load_file
 
-    from aa_runtime.model import fingerprint
+    from aa_runtime.bundle import fingerprint
 
     file = stem.with_name(f"{stem.name}-{fingerprint(vae)}.safetensors")
     if not file.is_file():
@@ -323,7 +325,7 @@ def encode_latent_part(vae, clips, file: Path, rank: int, world: int) -> tuple[t
     """Encode clips [rank·N/world, (rank+1)·N/world) and write them beside `file` (atomically); returns them."""
     from safetensors.torch import save_file
 
-    from aa_runtime.errors import atomic_path
+    from aa_runtime.files import atomic_path
 
     vae.eval()
     n = clips.frames.shape[0]
@@ -344,7 +346,7 @@ def join_latent_parts(file: Path, world: int) -> None:
     """Concatenate the `world` part files in rank order into `file` (atomically), then delete the parts."""
     from safetensors.torch import load_file, save_file
 
-    from aa_runtime.errors import atomic_path
+    from aa_runtime.files import atomic_path
 
     parts = [_part_file(file, r, world) for r in range(world)]
     loaded = [load_file(str(p)) for p in parts]
@@ -367,14 +369,13 @@ def latent_person_weights(masks: torch.Tensor, latent_hw: tuple[int, int], weigh
     return (1 + (weight - 1) * m).reshape(*masks.shape[:-2], *latent_hw)
 
 
-def denoising_loss(base, acp, z, p, captions, t, noise, *, train_text: bool, device,
+def denoising_loss(base, noise_scheduler, z, p, captions, t, noise, *, train_text: bool, device,
                    weights: torch.Tensor | None = None) -> torch.Tensor:
     """ε-prediction MSE for latents z and pose latents p, float (B, 4, F, h, w); one timestep per sample.
     `weights` (B, 1, F, h, w) makes it a weighted mean Σ w·e² / Σ w (over channels too): the plain MSE when all
     weights are equal."""
     z, p, noise, t = z.to(device), p.to(device), noise.to(device), t.to(device)
-    a = acp[t].view(-1, 1, 1, 1, 1)
-    noisy = a.sqrt() * z + (1 - a).sqrt() * noise
+    noisy = noise_scheduler.add_noise(z, noise, t)
     with torch.set_grad_enabled(train_text):
         text = _encode_text(base, captions, device)  # (B, T, D)
     emb = text.repeat_interleave(z.shape[2], 0)  # (B·F, T, D)
@@ -391,7 +392,7 @@ def train_unet(cfg, acc, base, clips, stage: Stage, log, latents, pose_latents) 
 
     steps = cfg.image_steps if stage == "image" else cfg.video_steps
     runner = StageRunner(cfg, acc, base, stage, steps, cfg.lr, log)
-    acp = DDPMScheduler.from_config(base.scheduler_config).alphas_cumprod.to(acc.device)
+    noise_scheduler = DDPMScheduler.from_config(base.scheduler_config)
     n, f = latents.shape[:2]  # latents (N, F, 4, h, w)
     weighted = cfg.denoise_person_weight != 1
     if weighted:  # (N, F, h, w), once: the masks are fixed like the latents
@@ -419,12 +420,13 @@ def train_unet(cfg, acc, base, clips, stage: Stage, log, latents, pose_latents) 
         caps = ["" if d else clips.captions[i] for d, i in zip(dropped, ci)]
         g = torch.Generator().manual_seed(int(rng.integers(2**31)))
         noise = torch.randn(z.shape, generator=g)
-        t = torch.from_numpy(rng.integers(0, len(acp), z.shape[0]))
+        t = torch.from_numpy(rng.integers(0, noise_scheduler.config.num_train_timesteps, z.shape[0]))
         if not grounded:
-            return denoising_loss(base, acp, z, p, caps, t, noise, train_text=stage == "image", device=acc.device,
-                                  weights=w)
+            return denoising_loss(base, noise_scheduler, z, p, caps, t, noise, train_text=stage == "image",
+                                  device=acc.device, weights=w)
         store.clear()
-        loss = denoising_loss(base, acp, z, p, caps, t, noise, train_text=True, device=acc.device, weights=w)
+        loss = denoising_loss(base, noise_scheduler, z, p, caps, t, noise, train_text=True, device=acc.device,
+                              weights=w)
         bits = token_bits[ci] * torch.from_numpy(~dropped)[:, None]  # a dropped caption grounds nothing
         token_loss, pixel_loss = grounding_losses(store.maps, torch.from_numpy(clips.parts[ci, fi]).to(acc.device),
                                                   bits.to(acc.device), cfg.grounding_pixel_regions)

@@ -1,4 +1,4 @@
-"""Captions for the identity dataset (DESIGN §2.2): the identifier caption ("a <me> man waving on a beach")
+"""Captions for the identity dataset: the identifier caption ("a <me> man waving on a beach")
 and the class caption without the identifier ("a man waving on a beach") for prior preservation.
 
 - `template` — offline default: the synthetic world's captions when its sidecar gives motion, scene and

@@ -1,4 +1,4 @@
-"""Gradient checkpointing of the whole UNetMotionModel, motion modules included (DESIGN §7).
+"""Gradient checkpointing of the whole UNetMotionModel, motion modules included.
 
 diffusers' `enable_gradient_checkpointing()` (0.42) checkpoints the resnets, the spatial transformers and the mid
 block's motion module, but not the motion modules of the down and up blocks: their activations (temporal

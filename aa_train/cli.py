@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from aa_runtime.cli import fail, quiet_libraries
+from aa_runtime.console import fail, quiet_libraries
 from aa_runtime.errors import AAError
 
 quiet_libraries()  # before .identity pulls in peft → bitsandbytes, whose import-time notices would reach stderr

@@ -15,14 +15,12 @@ heads) of every spatial attn2 layer tie the words to their regions:
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
 from aa_world.parts import PARTS, PERSON_PARTS, region_bits
 
-from .attention import SPATIAL_ATTN2, _project_out, cross_attention_weights
+from .attention import SPATIAL_ATTN2, cross_attention_weights, project_out
 
 
 class AttentionMaps:
@@ -46,7 +44,7 @@ class GroundingProcessor:
         weights, v = cross_attention_weights(attn, hidden_states, encoder_hidden_states, attention_mask,
                                              "grounding processor")
         self.store.maps.append(weights)  # (N, heads, L, T)
-        return _project_out(attn, weights @ v, hidden_states)
+        return project_out(attn, weights @ v, hidden_states)
 
 
 def set_grounding_attention(unet) -> AttentionMaps:
@@ -80,7 +78,7 @@ def token_regions(tokenizer, captions: list[str], spans: list, max_length: int) 
     return out
 
 
-def _region_fractions(labels: torch.Tensor, tokens: int) -> torch.Tensor:
+def region_fractions(labels: torch.Tensor, tokens: int) -> torch.Tensor:
     """uint8 labels (N, H, W) → float (N, K, L): the share of each label in each of the L = h·w attention pixels."""
     n, h, w = labels.shape
     s = round((h * w / tokens) ** 0.5)
@@ -90,7 +88,7 @@ def _region_fractions(labels: torch.Tensor, tokens: int) -> torch.Tensor:
     return F.avg_pool2d(onehot, s).flatten(2)  # (N, K, L)
 
 
-def _bits_matrix(bits: torch.Tensor) -> torch.Tensor:
+def bits_matrix(bits: torch.Tensor) -> torch.Tensor:
     """int64 (N, T) bit masks → float (N, T, K) 0/1."""
     k = torch.arange(len(PARTS), device=bits.device)
     return ((bits[..., None] >> k) & 1).float()
@@ -105,10 +103,10 @@ def grounding_losses(maps: list[torch.Tensor], labels: torch.Tensor, bits: torch
     if pixel_regions not in ("all", "person"):
         raise ValueError(f"pixel_regions={pixel_regions!r}: use 'all' or 'person'")
     token_terms, pixel_terms = [], []
-    member = _bits_matrix(bits.to(labels.device))  # (N, T, K)
+    member = bits_matrix(bits.to(labels.device))  # (N, T, K)
     for weights in maps:
         a = weights.float().mean(1)  # (N, L, T)
-        fractions = _region_fractions(labels, a.shape[1])  # (N, K, L)
+        fractions = region_fractions(labels, a.shape[1])  # (N, K, L)
         region = member @ fractions  # (N, T, L): share of each token's region in each pixel
         present = (member.sum(-1) > 0) & (region.sum(-1) > 0)  # (N, T) grounded and visible in this frame
         if present.any():
@@ -128,41 +126,3 @@ def grounding_losses(maps: list[torch.Tensor], labels: torch.Tensor, bits: torch
     zero = maps[0].sum() * 0 if maps else torch.zeros(())
     mean = lambda terms: torch.stack(terms).mean() if terms else zero  # noqa: E731
     return mean(token_terms), mean(pixel_terms)
-
-
-@torch.no_grad()
-def part_attention_mass(maps: list[torch.Tensor], labels: torch.Tensor, bits: torch.Tensor) -> dict[str, float]:
-    """Per region name: the mean share of its grounded tokens' attention mass that falls inside its region (the
-    token loss's `inside`, averaged over layers, tokens and samples where the region is visible)."""
-    member = _bits_matrix(bits.to(labels.device))
-    sums: dict[str, list[float]] = {}
-    for weights in maps:
-        a = weights.float().mean(1)
-        fractions = _region_fractions(labels, a.shape[1])
-        region = member @ fractions
-        inside = (a.transpose(1, 2) * region).sum(-1) / a.sum(1).clamp_min(1e-8)  # (N, T)
-        for k, name in enumerate(PARTS):
-            if name == "skin":
-                continue
-            own = (member[..., k] > 0) & (member.sum(-1) == 1) & (fractions[:, k].sum(-1) > 0)[:, None]
-            if own.any():
-                sums.setdefault(name, []).append(float(inside[own].mean()))
-        person = (member[..., 1:9].sum(-1) == 8) & (region.sum(-1) > 0)
-        if person.any():
-            sums.setdefault("person", []).append(float(inside[person].mean()))
-    return {name: sum(v) / len(v) for name, v in sums.items()}
-
-
-@torch.no_grad()
-def person_attention_entropy(maps: list[torch.Tensor], labels: torch.Tensor) -> float | None:
-    """Normalised entropy over the text tokens (1 = uniform) of the attention of the pixels whose dominant part is
-    the person's, mean over heads, those pixels and layers (None when no layer sees a person pixel)."""
-    values = []
-    for weights in maps:
-        w = weights.float()  # (N, heads, L, T)
-        entropy = -(w * w.clamp_min(1e-30).log()).sum(-1) / math.log(w.shape[-1])  # (N, heads, L)
-        dominant = _region_fractions(labels, w.shape[2]).argmax(1)  # (N, L)
-        person = (dominant >= 1) & (dominant < 1 + len(PERSON_PARTS))
-        if person.any():
-            values.append(float(entropy.mean(1)[person].mean()))
-    return sum(values) / len(values) if values else None

@@ -1,4 +1,4 @@
-"""`aa-train identity`: ID-consistent one-shot learning (DESIGN §2, §7).
+"""`aa-train identity`: ID-consistent one-shot learning.
 
 From one reference video: stage 1 trains LoRA on the spatial cross-attention with frames as independent images
 (motion modules bypassed); stage 2 continues on clips with the motion modules on. Losses: background-weakening
@@ -25,8 +25,9 @@ import torch
 
 from aa_runtime.adapters import (ATTN2_PROJECTIONS, LORA_REACHES, adapter_metadata, adapter_target_pattern,
                                  add_identifier_token, attach_lora, describe_identifier, save_adapter)
-from aa_runtime.cli import resolve_device
-from aa_runtime.errors import AAError, MissingDependencyError, atomic_path
+from aa_runtime.device import resolve_device
+from aa_runtime.errors import AAError, MissingDependencyError
+from aa_runtime.files import atomic_path
 from aa_runtime.model import load_base
 from aa_runtime.pipeline import AnimatePipeline, prompt_ids
 from aa_runtime.poses import PoseSequence, render_skeletons
@@ -143,7 +144,7 @@ class IdentityTrainConfig:
                           "drive those prompts' prior videos")
         if not self.prior_reference and not self.prior_prompts and self.prior_weight > 0:
             raise AAError("no-prior-reference", "no --prior-prompt", "give --prior-prompt, or --prior-weight 0")
-        from aa_world.motions import MOTIONS
+        from aa_runtime.motions import MOTIONS
         from aa_world.scenes import SCENES
 
         for kind, names, known in (("prior motion", self.prior_motions, MOTIONS),
@@ -240,9 +241,9 @@ def motion_modules_off(unet):
 def caption_corpus(class_word: str, n: int = 256, seed: int = 0) -> list[str]:
     """Captions like the ones the identifier will meet: the world's full descriptions and class captions of the
     class in every scene and motion (the key-locked edit's statistics of ordinary text states)."""
+    from aa_runtime.motions import MOTIONS
     from aa_world.captions import class_caption, full_caption
     from aa_world.identity import sample_identity
-    from aa_world.motions import MOTIONS
     from aa_world.scenes import SCENES
 
     rng = np.random.default_rng(seed)
@@ -577,8 +578,8 @@ def train_identity(cfg: IdentityTrainConfig, log=print) -> IdentityResult:
     unet.train()
     from diffusers import DDPMScheduler
 
-    acp = DDPMScheduler.from_config(base.scheduler_config).alphas_cumprod.to(device)
-    T = len(acp)
+    noise_scheduler = DDPMScheduler.from_config(base.scheduler_config)
+    T = noise_scheduler.config.num_train_timesteps
     losses: dict[str, list[float]] = {"stage1": [], "stage2": []}
     step0 = {"stage1": 0, "stage2": 0}
     ckpt = work / "checkpoint.pt"
@@ -643,10 +644,9 @@ def train_identity(cfg: IdentityTrainConfig, log=print) -> IdentityResult:
             pp = torch.cat([g.pose_latents for g in group]).to(device)
             emb = torch.cat([g.text.repeat(b * frames, 1, 1) for g in group]).to(device)
             noise, t = all_noise[rows], all_t[rows]
-            a = acp[t].view(-1, 1, 1, 1, 1)
             regions.masks = torch.cat([g.regions for g in group]).to(device)
             with autocast:
-                pred = unet(torch.cat([a.sqrt() * zz + (1 - a).sqrt() * noise, pp], 1), t,
+                pred = unet(torch.cat([noise_scheduler.add_noise(zz, noise, t), pp], 1), t,
                             encoder_hidden_states=emb).sample
             loss = sum(g.loss(pred[i * b:(i + 1) * b], noise[i * b:(i + 1) * b]) for i, g in enumerate(group))
             if loss.requires_grad:  # a prior pass has nothing to train when only the identifier embedding trains

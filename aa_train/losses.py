@@ -1,4 +1,4 @@
-"""Identity-training losses (DESIGN §7)."""
+"""Identity-training losses."""
 from __future__ import annotations
 
 import torch

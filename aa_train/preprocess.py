@@ -1,4 +1,4 @@
-"""Identity preprocessing (DESIGN §2.1–2.3): reference video → cropped frames, OpenPose-18 keypoints, person
+"""Identity preprocessing: reference video → cropped frames, OpenPose-18 keypoints, person
 masks and captions, cached on disk by video hash + settings.
 
     data = prepare_identity(PrepareConfig(video="ref.mp4", token="<me>", class_word="man"))
@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from aa_runtime.errors import AAError, atomic_dir, atomic_path, cache_root
+from aa_runtime.errors import AAError
+from aa_runtime.files import atomic_dir, atomic_path, cache_root
 from aa_runtime.poses import PoseSequence, bone_lengths, load_annotations, render_skeleton, sidecar_path
 from aa_runtime.video import read_video
 
-from . import backends as bk
+from . import annotators
 from .captioners import (CAPTIONERS, DEFAULT_OPENAI_MODEL, DEFAULT_TIMEOUT_S, CaptionResult, described_appearance,
                          judge_appearance, openai_captions, template_captions, world_appearance, world_context)
 
@@ -45,8 +46,8 @@ class PrepareConfig:
     resolution: int = 64  # square crop side in pixels
     max_frames: int = 32
     fps: float | None = None  # resample rate; None = the video's, capped at 8
-    pose_backend: bk.PoseBackend = "auto"  # auto = sidecar when VIDEO.aa.json exists, else mediapipe
-    mask_backend: bk.MaskBackend = "auto"  # auto = sidecar masks when the sidecar has them, else mediapipe
+    pose_backend: annotators.PoseBackend = "auto"  # auto = sidecar when VIDEO.aa.json exists, else mediapipe
+    mask_backend: annotators.MaskBackend = "auto"  # auto = sidecar masks when the sidecar has them, else mediapipe
     captioner: str = "template"
     description: str | None = None  # appended to the template caption
     sam_checkpoint: Path | None = None
@@ -73,10 +74,10 @@ class PrepareConfig:
             raise AAError("max_frames", self.max_frames, f"use {MIN_FRAMES} to 1024")
         if self.fps is not None and not (0 < self.fps <= 120):
             raise AAError("fps", self.fps, "use a rate in (0, 120] or leave it unset for the video's (≤ 8)")
-        if self.pose_backend not in bk.POSE_BACKENDS:
-            raise AAError("pose_backend", repr(self.pose_backend), f"use one of {', '.join(bk.POSE_BACKENDS)}")
-        if self.mask_backend not in bk.MASK_BACKENDS:
-            raise AAError("mask_backend", repr(self.mask_backend), f"use one of {', '.join(bk.MASK_BACKENDS)}")
+        if self.pose_backend not in annotators.POSE_BACKENDS:
+            raise AAError("pose_backend", repr(self.pose_backend), f"use one of {', '.join(annotators.POSE_BACKENDS)}")
+        if self.mask_backend not in annotators.MASK_BACKENDS:
+            raise AAError("mask_backend", repr(self.mask_backend), f"use one of {', '.join(annotators.MASK_BACKENDS)}")
         if self.captioner not in CAPTIONERS:
             raise AAError("captioner", repr(self.captioner), f"use one of {', '.join(CAPTIONERS)}")
         if not 0 < self.min_person_fraction <= 1:
@@ -84,9 +85,9 @@ class PrepareConfig:
         if not self.openai_timeout > 0:
             raise AAError("openai_timeout", self.openai_timeout, "use a positive number of seconds")
         if self.pose_backend == "dwpose":
-            bk.check_dwpose_paths(self.dwpose_det, self.dwpose_pose)
+            annotators.check_dwpose_paths(self.dwpose_det, self.dwpose_pose)
         if self.mask_backend == "sam":
-            self.sam_checkpoint = bk.check_sam_checkpoint(self.sam_checkpoint)
+            self.sam_checkpoint = annotators.check_sam_checkpoint(self.sam_checkpoint)
         needs_sidecar = "sidecar" in (self.pose_backend, self.mask_backend)
         if needs_sidecar and not sidecar_path(self.video).is_file():
             raise AAError("sidecar", f"{sidecar_path(self.video)} does not exist",
@@ -101,7 +102,7 @@ class PrepareConfig:
             pose = "sidecar" if side.is_file() else "mediapipe"
         mask = self.mask_backend
         if mask == "auto":
-            mask = "sidecar" if side.is_file() and bk.sidecar_has_masks(side) else "mediapipe"
+            mask = "sidecar" if side.is_file() and annotators.sidecar_has_masks(side) else "mediapipe"
         return pose, mask
 
 
@@ -295,9 +296,9 @@ def _settings_key(cfg: PrepareConfig, video_sha: str, pose: str, mask: str) -> s
 def _check_dependencies(pose: str, mask: str) -> None:
     """Fail before any work when a chosen backend's package is missing."""
     if "mediapipe" in (pose, mask):
-        bk.require_mediapipe()
+        annotators.require_mediapipe()
     if mask == "sam":
-        bk.require_segment_anything()
+        annotators.require_segment_anything()
 
 
 def _captions(cfg: PrepareConfig, frames: np.ndarray, context: dict | None) -> CaptionResult:
@@ -363,23 +364,23 @@ def prepare_identity(cfg: PrepareConfig) -> IdentityData:
     side = sidecar_path(cfg.video)
     ann = None
     if pose_backend == "sidecar":
-        keypoints, masks, ann = bk.load_sidecar(side, (w, h), indices, with_masks=mask_backend == "sidecar")
+        keypoints, masks, ann = annotators.load_sidecar(side, (w, h), indices, with_masks=mask_backend == "sidecar")
     elif pose_backend == "dwpose":
-        keypoints = bk.DWPose(cfg.dwpose_det, cfg.dwpose_pose)(frames)
+        keypoints = annotators.DWPose(cfg.dwpose_det, cfg.dwpose_pose)(frames)
     else:
-        keypoints = bk.mediapipe_poses(frames)
+        keypoints = annotators.mediapipe_poses(frames)
     if mask_backend == "sidecar":
         if pose_backend != "sidecar":
-            _, masks, ann = bk.load_sidecar(side, (w, h), indices, with_masks=True)
+            _, masks, ann = annotators.load_sidecar(side, (w, h), indices, with_masks=True)
     elif mask_backend == "sam":
-        masks = bk.SamMasks(cfg.sam_checkpoint)(frames, keypoints)
+        masks = annotators.SamMasks(cfg.sam_checkpoint)(frames, keypoints)
     else:
-        masks = bk.mediapipe_masks(frames, keypoints)
+        masks = annotators.mediapipe_masks(frames, keypoints)
 
     keypoints = drop_outside(keypoints, w, h)
 
     # 4. frames with a person: enough visible joints
-    present = bk.count_joints(keypoints) >= bk.MIN_JOINTS  # (F,)
+    present = annotators.count_joints(keypoints) >= annotators.MIN_JOINTS  # (F,)
     missing = int(n - present.sum())
     if present.sum() < max(MIN_FRAMES, math.ceil(cfg.min_person_fraction * n - 1e-9)):
         raise AAError("video", f"no person found in {missing} of {n} frames ({100 * missing / n:.0f} %) of "

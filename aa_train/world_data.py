@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from aa_runtime.errors import AAError, atomic_path
+from aa_runtime.errors import AAError
+from aa_runtime.files import atomic_path
 from aa_runtime.poses import render_skeleton
 
 CACHE_FORMAT = "v2"  # v2: part labels and caption spans

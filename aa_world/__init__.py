@@ -1,9 +1,12 @@
-"""The synthetic world (DESIGN §6): procedural people, scenes, objects and motions with full ground truth.
+"""The synthetic world: procedural people, scenes, objects and motions with full ground truth.
 
 Pure numpy + Pillow. Everything is keyed by seeds: `render_clip(spec)` gives identical bytes for the
 same `ClipSpec`. Training identities come from `TRAIN_IDENTITY_SEEDS`, evaluation identities from
 the disjoint `EVAL_IDENTITY_SEEDS`.
 """
+from aa_runtime.motions import MOTIONS, motion_keypoints
+from aa_runtime.skeleton import OPENPOSE18, VIEWS
+
 from .captions import (MOTION_VERBS, SCENE_PHRASES, appearance_phrase, class_caption, context_phrase,
                        full_caption, identity_caption)
 from .clips import Clip, ClipSpec, FrameTruth, render_clip, sample_clip_spec, sidecar_path, write_clip
@@ -12,10 +15,8 @@ from .identity import (ATTRIBUTE_HEAD_SIZES, ATTRIBUTE_VALUES, CLASS_WORDS, COLO
                        identity_attribute_labels, identity_split, sample_identity)
 from .metrics import (background_leakage, id_accuracy, object_accuracy, pose_iou, scene_accuracy, score_video,
                       temporal_flicker)
-from .motions import MOTIONS, motion_keypoints
 from .objects import OBJECTS, ObjectSpec
 from .scenes import SCENES, render_scene
-from .skeleton import OPENPOSE18, VIEWS
 
 __all__ = [
     "ATTRIBUTE_HEAD_SIZES", "ATTRIBUTE_VALUES", "Body", "CLASS_WORDS", "COLOURS", "COLOUR_RGB", "Clip", "ClipSpec",

@@ -8,8 +8,9 @@ Identity caption (identity training: the identifier replaces the appearance), e.
 """
 from __future__ import annotations
 
+from aa_runtime.motions import MOTIONS
+
 from .identity import NONE, Identity
-from .motions import MOTIONS
 from .objects import HELD_OBJECTS, ObjectSpec, check_objects
 from .scenes import SCENES
 

@@ -2,7 +2,7 @@
 
 `render_clip(spec)` is a pure function of the spec: the same spec gives identical bytes. The
 written form is the video, one mask PNG per frame under `<stem>.masks/`, and the `<stem>.aa.json`
-sidecar (DESIGN §4) whose `source` holds the ground truth the format has no field for.
+sidecar whose `source` holds the ground truth the format has no field for.
 """
 from __future__ import annotations
 
@@ -12,14 +12,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from aa_runtime.motions import MAX_SIZE, MIN_SIZE, MOTIONS, check_motion_args, motion_pose
+from aa_runtime.skeleton import VIEWS, keypoints18
+
 from .captions import full_caption, full_caption_spans
 from .identity import EVAL_IDENTITY_SEEDS, TRAIN_IDENTITY_SEEDS, Identity, check_seed, sample_identity
-from .motions import MAX_SIZE, MIN_SIZE, MOTIONS, check_motion_args, motion_pose
 from .objects import ObjectSpec, check_objects, draw_objects, sample_objects
 from .raster import Layers
 from .render import draw_figure
 from .scenes import SCENES, render_scene
-from .skeleton import VIEWS, keypoints18
 
 WORLD_FORMAT = "aa-world/1"
 
@@ -161,7 +162,7 @@ def sidecar_path(path: Path) -> Path:
 
 def write_clip(clip: Clip, path: str | Path) -> Path:
     """Write the video at `path`, masks as `<stem>.masks/000000.png …` and the `<stem>.aa.json` sidecar."""
-    from aa_runtime.errors import atomic_dir
+    from aa_runtime.files import atomic_dir
     from aa_runtime.poses import Annotations, save_annotations
     from aa_runtime.video import write_video
 

@@ -1,4 +1,4 @@
-"""Identities of the synthetic world: body proportions, clothing and the attribute vocabulary (DESIGN §6).
+"""Identities of the synthetic world: body proportions, clothing and the attribute vocabulary.
 
 An identity is a pure function of its seed: `sample_identity(seed)` draws everything from
 `numpy.random.default_rng(seed)`. Training identities come from `TRAIN_IDENTITY_SEEDS`
@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from aa_runtime.skeleton import Body  # proportions live with the kinematics that use them
 
 TRAIN_IDENTITY_SEEDS = range(0, 1_000_000)
 EVAL_IDENTITY_SEEDS = range(1_000_000, 1_010_000)
@@ -77,31 +79,6 @@ ATTRIBUTE_HEAD_SIZES: dict[str, int] = {name: len(values) for name, values in AT
 VIEW_DEPENDENT_ATTRIBUTES: dict[str, str] = {"logo_shape": "front", "logo_colour": "front", "backpack": "back"}
 
 
-@dataclass(frozen=True)
-class Body:
-    """Body proportions in units of the figure's height (sole to crown); `height` is a fraction of the frame."""
-
-    height: float = 0.68
-    head: float = 0.068  # head radius
-    neck: float = 0.035
-    torso: float = 0.29  # pelvis to neck (mid-shoulders)
-    shoulder: float = 0.1  # half shoulder width
-    hip: float = 0.06  # half hip width
-    depth: float = 0.06  # half torso depth (front to back)
-    upper_arm: float = 0.165
-    forearm: float = 0.15
-    thigh: float = 0.245
-    shin: float = 0.235
-    ankle: float = 0.04  # ankle height above the sole
-    limb: float = 1.0  # limb thickness multiplier
-
-    def __post_init__(self):
-        for name, value in asdict(self).items():
-            if not (np.isfinite(value) and value > 0):
-                raise ValueError(f"Body.{name}={value!r}: proportions must be positive finite numbers")
-
-
-DEFAULT_BODY = Body()
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The judge of the synthetic world (DESIGN §6): a small multi-head CNN that reads scene, objects,
+"""The judge of the synthetic world: a small multi-head CNN that reads scene, objects,
 person mask, identity attributes and view from frames, so generated videos can be scored.
 
 It sees 64×64 RGB (other sizes are resized to 64 on the way in; the mask is resized back), and is
@@ -26,12 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aa_runtime.errors import AAError, atomic_path
+from aa_runtime.errors import AAError
+from aa_runtime.files import atomic_path
+from aa_runtime.skeleton import VIEWS
 
 from .identity import ATTRIBUTE_HEAD_SIZES, VIEW_DEPENDENT_ATTRIBUTES
 from .objects import OBJECTS
 from .scenes import SCENES
-from .skeleton import VIEWS
 
 JUDGE_FORMAT = "aa-judge/1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -329,7 +330,9 @@ def read_identity(judge: Judge, frames: np.ndarray, class_word: str) -> "Identit
     then the most probable consistent identity (no hair colour when bald, a second shirt colour only on a patterned
     shirt, a logo colour only with a logo shape). A reader of the world, like a captioner of real footage: it
     makes the same mistakes the judge makes (hat, hair style and logo shape are its weakest)."""
-    from .identity import ATTRIBUTE_VALUES, NONE, Body, Identity
+    from aa_runtime.skeleton import Body
+
+    from .identity import ATTRIBUTE_VALUES, NONE, Identity
 
     out = judge.predict(frames)
     views = np.asarray(VIEWS)[out.view.argmax(1)]

@@ -1,4 +1,4 @@
-"""Metrics of generated videos (DESIGN §6): pure functions of a `JudgeOutput` and the renderer's ground truth.
+"""Metrics of generated videos: pure functions of a `JudgeOutput` and the renderer's ground truth.
 
 The ground truth is the target clip: the render of the target identity in the target pose (ideally
 in the prompt's scene with its objects). Ceiling = these metrics on that render itself; floor = the

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from aa_runtime.skeleton import J, Pose3D
+
 from . import raster
 from .identity import COLOUR_RGB, COLOURS
 from .raster import Layers
-from .skeleton import J, Pose3D
 
 F32 = np.float32
 OBJECTS = ("balloon", "umbrella", "ball", "dog")

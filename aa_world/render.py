@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from aa_runtime.skeleton import BACK, FRONT, J, Pose3D, view_index
+
 from . import raster
 from .identity import COLOUR_RGB, HAIR_RGB, NONE, SKIN_RGB, Identity
 from .parts import part_id
 from .raster import Layers
-from .skeleton import BACK, FRONT, J, Pose3D, view_index
 
 F32 = np.float32
 EYE_RGB = (35, 25, 25)

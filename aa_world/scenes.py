@@ -1,4 +1,4 @@
-"""Procedural scene backgrounds (DESIGN §6): nine places, each varied by a seed.
+"""Procedural scene backgrounds: nine places, each varied by a seed.
 
 A scene is a float32 (H, W, 3) image in [0, 255], rendered once per clip. Every scene has its own
 colour layout (sky / horizon / ground bands and a few characteristic shapes), so the nine stay

@@ -1,4 +1,4 @@
-"""Train the judge (DESIGN §6) on ground-truth renders of training identities, then measure it on
+"""Train the judge on ground-truth renders of training identities, then measure it on
 held-out evaluation identities.
 
     python -m aa_world.train_judge --out models/judge [--vae runs/aa-tiny-bundle] \
@@ -30,14 +30,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from aa_runtime.errors import AAError, atomic_path
+from aa_runtime.errors import AAError
+from aa_runtime.files import atomic_path
+from aa_runtime.skeleton import VIEWS
 
 from .clips import render_clip, sample_clip_spec
 from .identity import ATTRIBUTE_HEAD_SIZES, VIEW_DEPENDENT_ATTRIBUTES, identity_attribute_labels
 from .judge import Judge, JudgeConfig, JudgeNet, JudgeOutput, frames_to_input, mask_boxes, observable
 from .objects import OBJECTS
 from .scenes import SCENES
-from .skeleton import VIEWS
 
 ATTRS = tuple(ATTRIBUTE_HEAD_SIZES)
 IGNORE = -100  # label of an attribute a frame cannot show

@@ -1,4 +1,4 @@
-"""Quality reports scored by the synthetic world's judge (DESIGN §6).
+"""Quality reports scored by the synthetic world's judge.
 
   python benchmarks/quality.py base      # full captions → scene/object/pose/attribute/flicker vs the GT ceiling
   python benchmarks/quality.py identity  # one-shot identities in new scenes and motions, floor/ceiling, ablations
@@ -129,6 +129,7 @@ VARIANTS = {  # ablations: what each changes in the identity job
     "described-pivotal": {"describe": True, "identifier": "pivotal"},
     "described-wide-diverse": {"describe": True, **WIDE, **DIVERSE_PRIOR},
     "described-composite": {"describe": True, **DIVERSE_PRIOR, "composite_scenes": "other scenes"},
+    "described-composite-light": {"describe": True, "lr": 3e-4, **DIVERSE_PRIOR, "composite_scenes": "other scenes"},
     # the same with the appearance read off the reference by the world's judge (a captioner that can be wrong)
     # instead of the world's own caption (an oracle)
     "described-judge": {"describe": True, "captioner": "judge"},
@@ -210,17 +211,16 @@ def run_attention(scn: AttentionScenario, base_path: str | None) -> dict:
     from aa_runtime.model import load_base
     from aa_runtime.pipeline import AnimatePipeline
     from aa_runtime.poses import PoseSequence, render_skeletons
-    from aa_train.attention import cross_attention_entropy
-    from aa_train.grounding import (part_attention_mass, person_attention_entropy, reset_grounding_attention,
-                                    set_grounding_attention, token_regions)
+    from aa_train.grounding import reset_grounding_attention, set_grounding_attention, token_regions
     from aa_world.clips import render_clip, sample_clip_spec
     from aa_world.judge import Judge
     from aa_world.parts import PARTS, PERSON_PARTS
+    from benchmarks.attention_probe import cross_attention_entropy, part_attention_mass, person_attention_entropy
 
     base = load_base(base_path)
     pipe = AnimatePipeline.from_base(base)
     size = base.defaults.width
-    acp = DDPMScheduler.from_config(base.scheduler_config).alphas_cumprod
+    noise_scheduler = DDPMScheduler.from_config(base.scheduler_config)
     rng = np.random.default_rng(scn.seed)
     gen = torch.Generator().manual_seed(scn.seed)
     per: dict[str, dict[int, list[float]]] = {}
@@ -239,9 +239,9 @@ def run_attention(scn: AttentionScenario, base_path: str | None) -> dict:
             if share.any():
                 area.setdefault(name, []).append(float(share[share > 0].mean()))
         for t in scn.timesteps:
-            a = acp[t]
-            noisy = a.sqrt() * z + (1 - a).sqrt() * torch.randn(z.shape, generator=gen)
-            sample, texts = torch.cat([noisy, p], 1).to(base.unet.dtype), text.repeat(scn.frames, 1, 1).to(base.unet.dtype)
+            noisy = noise_scheduler.add_noise(z, torch.randn(z.shape, generator=gen), torch.tensor([t]))
+            sample = torch.cat([noisy, p], 1).to(base.unet.dtype)
+            texts = text.repeat(scn.frames, 1, 1).to(base.unet.dtype)
             ratios = cross_attention_entropy(base.unet, sample, torch.tensor([t]), texts)
             for layer, r in ratios.items():
                 per.setdefault(layer, {}).setdefault(t, []).append(r)
@@ -268,8 +268,8 @@ def run_attention(scn: AttentionScenario, base_path: str | None) -> dict:
 def variant_settings(scn: IdentityScenario, variant: str, class_word: str, ref_scene: str) -> dict:
     """The identity job's settings for one variant: the scenario's steps, then VARIANTS' changes with their
     placeholders filled in."""
+    from aa_runtime.motions import MOTIONS
     from aa_world.captions import class_caption
-    from aa_world.motions import MOTIONS
     from aa_world.scenes import SCENES
 
     changes = dict(VARIANTS[variant])
@@ -410,7 +410,7 @@ def _attribute_lines(table: dict[str, dict[str, float | None]]) -> list[str]:
 
 
 def write_reports(name: str, result: dict, stem: str | None = None) -> tuple[Path, Path]:
-    from aa_export.report import write_report
+    from benchmarks.report import write_report
 
     m = result["meta"]
     lines = [f"# Quality — {name}", "",

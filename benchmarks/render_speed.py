@@ -9,7 +9,6 @@ benchmarks/results/render_speed.json and .md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -23,6 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aa_world import motion_keypoints, render_clip, sample_clip_spec  # noqa: E402
+from benchmarks.report import write_report  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -92,8 +92,6 @@ def main() -> None:
            "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     doc = {"benchmark": "render_speed", "env": env, "aim_frames_per_s_64px": 1000, "results": rows,
            "motion_keypoints_frames_per_s_512px": kp_rate}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "render_speed.json").write_text(json.dumps(doc, indent=1))
     lines = ["# render_clip speed (one process)", "",
              f"numpy {env['numpy']}, Python {env['python']}, OMP_NUM_THREADS={env['OMP_NUM_THREADS']}, "
              f"{env['cpu_count']} CPUs (shared), {env['time']}", "",
@@ -103,7 +101,7 @@ def main() -> None:
         lines.append(f"| {sc['size']}×{sc['size']} | {sc['frames']} | {sc['clips']} × {sc['repeats']} | "
                      f"{r['frames_per_s']:.0f} | {r['min_frames_per_s']:.0f} | {r['max_frames_per_s']:.0f} |")
     lines += ["", f"`motion_keypoints` at 512×512: {kp_rate:.0f} frames/s (median).", ""]
-    (RESULTS / "render_speed.md").write_text("\n".join(lines))
+    write_report(RESULTS, "render_speed", doc, "\n".join(lines))
 
 
 if __name__ == "__main__":

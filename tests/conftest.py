@@ -18,7 +18,8 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory):
     """A random aa-tiny-shaped bundle saved to disk (fp32 so reloads are exact)."""
-    from aa_runtime.model import TinyConfig, build_random_base, save_bundle
+    from aa_runtime.bundle import save_bundle
+    from aa_runtime.tiny import TinyConfig, build_random_base
 
     base = build_random_base(TinyConfig(), seed=0)
     path = tmp_path_factory.mktemp("bundle") / "tiny"

@@ -78,6 +78,30 @@ def test_adapter_changes_output_and_merged_equals_unmerged(tiny_bundle, tmp_path
     assert not any("lora" in k for k in base.unet.state_dict()), "merged UNet is plain again (exportable)"
 
 
+@pytest.mark.parametrize("scale", [0.0, 0.5, 2.0])
+def test_merge_scale_adds_that_share_of_the_low_rank_update(tiny_bundle, tmp_path, scale):
+    """W ← W + scale · (alpha / r) · B A on every target, computed here from the file's factors."""
+    from aa_runtime.model import load_base
+
+    base = load_base(tiny_bundle)
+    path = random_adapter(base.unet, tmp_path / "me.safetensors", base.fingerprint)
+    adapter = load_adapter(path)
+    before = {n: base.unet.get_submodule(n).weight.detach().clone() for n in adapter.lora_A}
+    merge_adapter(base.unet, adapter, base_fingerprint=base.fingerprint, scale=scale)
+    for n, w0 in before.items():
+        update = (adapter.alpha / adapter.rank) * adapter.lora_B[n].float() @ adapter.lora_A[n].float()
+        torch.testing.assert_close(base.unet.get_submodule(n).weight, w0 + scale * update, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [-0.5, 2.5, float("nan"), "1"])
+def test_bad_merge_scale_is_one_line(tiny_base, tmp_path, scale):
+    path = random_adapter(tiny_base.unet, tmp_path / "me.safetensors", tiny_base.fingerprint)
+    with pytest.raises(AAError) as e:
+        merge_adapter(tiny_base.unet, load_adapter(path), base_fingerprint=tiny_base.fingerprint, scale=scale)
+    assert str(e.value) == (f"adapter scale: {scale} — use a number from 0 (base only) to 2; 1 is the adapter as "
+                            "trained")
+
+
 def test_wrong_base_refused_unless_forced(tiny_bundle, tmp_path):
     from aa_runtime.model import load_base
 

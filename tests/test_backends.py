@@ -9,7 +9,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from aa_runtime.backends import OnnxRuntimeBackend, UNetShapes, export_unet_onnx, make_backend
+from aa_export.onnx_graph import UNetShapes, export_unet_onnx, unet_shapes_for
+from aa_runtime.backends import OnnxRuntimeBackend, make_backend
+from aa_runtime.bundle import fingerprint
 from aa_runtime.errors import AAError
 from aa_runtime.model import load_base
 
@@ -38,23 +40,27 @@ def sample(pipe, poses, frames: int, guidance: float):
 def test_onnxruntime_samples_the_same_frames_as_torch(pipe, poses, tmp_path):
     # batch 2 (CFG) × 4 frames, then batch 1 (no CFG) × 3 frames: one dynamic export serves both
     reference = [sample(pipe, poses, 4, 5.0), sample(pipe, poses, 3, 1.0)]
-    backend = make_backend("onnxruntime", pipe.unet, device="cpu", cache_dir=tmp_path)
-    pipe.set_backend(backend)
+    shapes = unet_shapes_for(pipe.unet, batch=2, frames=4, height=16, width=16,
+                             text_len=int(pipe.tokenizer.model_max_length))
+    path = export_unet_onnx(pipe.unet, tmp_path / "unet.onnx", shapes, dynamic=True,
+                            metadata={"aa_unet_fingerprint": fingerprint(pipe.unet)})
+    pipe.set_backend(make_backend("onnxruntime", pipe.unet, onnx_path=path, device="cpu"))
     for (frames_t, latents_t), (frames, guidance) in zip(reference, ((4, 5.0), (3, 1.0))):
         frames_o, latents_o = sample(pipe, poses, frames, guidance)
         assert frames_o.shape == frames_t.shape == (frames, 64, 64, 3)
         assert np.abs(frames_o.astype(int) - frames_t.astype(int)).max() <= 2  # uint8 levels
         torch.testing.assert_close(latents_o, latents_t, rtol=0, atol=1e-3)
         assert latents_t.abs().max() > 0.1
-    exported = list(tmp_path.glob("onnx/*/unet.onnx"))
-    assert len(exported) == 1 and len(backend.sessions) == 1
-    parity = json.loads((exported[0].parent / "export.json").read_text())["parity"]
-    assert parity["max_abs"] <= 1e-4 and parity["shape"]["frames"] == 3  # checked at another shape than traced
-    mtime = exported[0].stat().st_mtime_ns
-    again = make_backend("onnxruntime", pipe.unet, device="cpu", cache_dir=tmp_path)
-    x = UNetShapes(1, 2, 16, 16, 32, 64).example_inputs()
-    assert again(*x).shape == (1, 4, 2, 16, 16)
-    assert exported[0].stat().st_mtime_ns == mtime  # reused from the cache, not exported again
+
+
+def test_onnxruntime_refuses_a_file_from_other_weights(pipe, tmp_path):
+    shapes = unet_shapes_for(pipe.unet, batch=2, frames=4, height=16, width=16,
+                             text_len=int(pipe.tokenizer.model_max_length))
+    path = export_unet_onnx(pipe.unet, tmp_path / "unet.onnx", shapes, metadata={"aa_unet_fingerprint": "0" * 16})
+    with pytest.raises(AAError) as e:
+        make_backend("onnxruntime", pipe.unet, onnx_path=path)
+    assert one_line(e) == (f"ONNX model: {path} was exported from UNet weights {'0' * 16}, this pipeline's UNet is "
+                           f"{fingerprint(pipe.unet)} — re-export with the same --base and --adapter")
 
 
 def one_line(exc: pytest.ExceptionInfo) -> str:
@@ -78,8 +84,12 @@ def test_selection_errors_are_one_line(tiny_base, tmp_path, monkeypatch):
     missing = tmp_path / "nope.onnx"
     with pytest.raises(AAError) as e:
         make_backend("onnxruntime", tiny_base.unet, onnx_path=missing)
-    assert one_line(e) == (f"ONNX model: {missing} does not exist — export one with `aa-export onnx -o unet.onnx`, "
-                           "or leave out --onnx to export the UNet on the fly")
+    assert one_line(e) == (f"ONNX model: {missing} does not exist — export one with `aa-export onnx -o unet.onnx` "
+                           "(with the same --base and --adapter as the run)")
+    with pytest.raises(AAError) as e:
+        make_backend("onnxruntime", tiny_base.unet)
+    assert one_line(e) == ("--onnx: not given for the onnxruntime backend — export the UNet with `aa-export onnx -o "
+                           "unet.onnx` and pass --onnx unet.onnx")
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not a model")
     with pytest.raises(AAError, match=r"^ONNX model: .*broken.onnx could not be loaded by onnxruntime") as e:
@@ -96,7 +106,7 @@ def test_selection_errors_are_one_line(tiny_base, tmp_path, monkeypatch):
 
 
 def test_static_onnx_refuses_other_shapes_in_one_line(tmp_path):
-    from aa_runtime.model import TinyConfig, build_unet
+    from aa_runtime.tiny import TinyConfig, build_unet
 
     torch.manual_seed(0)
     micro = build_unet(TinyConfig(unet_channels=(16, 16), unet_layers=1, unet_heads=2, motion_heads=2, text_dim=16))
@@ -195,8 +205,8 @@ def test_throughput_json_fields_and_ratios(tiny_bundle, tmp_path, monkeypatch):
     fake clock where a torch call takes 0.25 s and an onnxruntime call 0.125 s (plus 2⁻¹⁰ s per clock reading, which
     is also all the peak matmul takes), so medians, rates and ratios have values worked out by hand; the FLOP count
     must equal a count made with forward hooks on every convolution, linear layer and attention product."""
-    import aa_export.throughput as tp
-    from aa_export.throughput import Scenario, ThroughputConfig, run_throughput
+    import benchmarks.throughput as tp
+    from benchmarks.throughput import Scenario, ThroughputConfig, run_throughput
 
     clock = FakeClock()
     seconds = {"torch": 0.25, "onnxruntime": 0.125}
@@ -249,7 +259,7 @@ def test_throughput_json_fields_and_ratios(tiny_bundle, tmp_path, monkeypatch):
 
 
 def test_bench_cli_lists_scenarios():
-    from aa_export.bench import main
+    from benchmarks.bench import main
 
     r = CliRunner().invoke(main, ["throughput", "--list"])
     assert r.exit_code == 0 and "sd15-256px-8f" in r.output and "aa-tiny-64px" in r.output

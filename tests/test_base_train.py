@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 
-from aa_runtime.model import TinyConfig, build_random_base, load_base
+from aa_runtime.model import load_base
+from aa_runtime.tiny import TinyConfig, build_random_base
 
 
 def test_image_stage_steps_lower_the_loss_on_a_fixed_batch():
@@ -22,7 +23,7 @@ def test_image_stage_steps_lower_the_loss_on_a_fixed_batch():
     z = encode_all(base.vae, clips.frames.reshape(-1, 64, 64, 3)).float()[:, :, None]  # (4, 4, 1, 16, 16)
     p = encode_all(base.vae, clips.skeletons.reshape(-1, 64, 64, 3)).float()[:, :, None]
     caps = [c for c in clips.captions for _ in range(2)]
-    acp = DDPMScheduler.from_config(base.scheduler_config).alphas_cumprod
+    noise_scheduler = DDPMScheduler.from_config(base.scheduler_config)
     g = torch.Generator().manual_seed(0)
     noise, t = torch.randn(z.shape, generator=g), torch.tensor([100, 300, 500, 700])
     params = trainable_parameters(base, "image")
@@ -30,7 +31,7 @@ def test_image_stage_steps_lower_the_loss_on_a_fixed_batch():
     opt = torch.optim.AdamW(params, lr=1e-3)
     losses = []
     for _ in range(8):
-        loss = denoising_loss(base, acp, z, p, caps, t, noise, train_text=True, device="cpu")
+        loss = denoising_loss(base, noise_scheduler, z, p, caps, t, noise, train_text=True, device="cpu")
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -60,16 +61,16 @@ def test_weighted_denoising_loss_is_the_weighted_mean_of_per_sample_losses():
     g = torch.Generator().manual_seed(1)
     z, p, noise = (torch.randn(2, 4, 1, 16, 16, generator=g) for _ in range(3))
     t, caps = torch.tensor([200, 600]), ["a man in a park", "a woman on a beach"]
-    acp = DDPMScheduler.from_config(base.scheduler_config).alphas_cumprod
+    noise_scheduler = DDPMScheduler.from_config(base.scheduler_config)
     with torch.no_grad():
-        plain = denoising_loss(base, acp, z, p, caps, t, noise, train_text=False, device="cpu")
-        each = [denoising_loss(base, acp, z[i:i + 1], p[i:i + 1], caps[i:i + 1], t[i:i + 1], noise[i:i + 1],
+        plain = denoising_loss(base, noise_scheduler, z, p, caps, t, noise, train_text=False, device="cpu")
+        each = [denoising_loss(base, noise_scheduler, z[i:i + 1], p[i:i + 1], caps[i:i + 1], t[i:i + 1], noise[i:i + 1],
                                train_text=False, device="cpu") for i in range(2)]
-        equal = denoising_loss(base, acp, z, p, caps, t, noise, train_text=False, device="cpu",
+        equal = denoising_loss(base, noise_scheduler, z, p, caps, t, noise, train_text=False, device="cpu",
                                weights=torch.full((2, 1, 1, 16, 16), 3.0))
         w = torch.ones(2, 1, 1, 16, 16)
         w[0] = 4.0  # sample 0 counts four times
-        weighted = denoising_loss(base, acp, z, p, caps, t, noise, train_text=False, device="cpu", weights=w)
+        weighted = denoising_loss(base, noise_scheduler, z, p, caps, t, noise, train_text=False, device="cpu", weights=w)
     torch.testing.assert_close(equal, plain, rtol=1e-6, atol=0)
     torch.testing.assert_close(weighted, (4 * each[0] + each[1]) / 5, rtol=1e-5, atol=0)
 

@@ -9,7 +9,7 @@ from aa_train.checkpointing import CheckpointedModule, enable_full_gradient_chec
 
 @pytest.fixture(scope="module")
 def unet():
-    from aa_runtime.model import TinyConfig, build_unet
+    from aa_runtime.tiny import TinyConfig, build_unet
 
     torch.manual_seed(0)
     return build_unet(TinyConfig(unet_layers=1)).train().requires_grad_(True)

@@ -69,6 +69,8 @@ def test_aa_run_frames_default_to_the_pose_duration(tiny_bundle, pose_json, tmp_
     (["--motion", "wave", "--width", "8"], "motion width: 8"),
     (["--motion", "wave", "--window", "0"], "window: 0"),
     (["--motion", "wave", "--window", "4", "--overlap", "4"], "overlap: 4"),
+    (["--motion", "wave", "--adapter-scale", "0.5"], "adapter-scale: 0.5 — it weighs an --adapter"),
+    (["--motion", "wave", "--adapter", "a.safetensors", "--adapter-scale", "-1"], "adapter-scale: -1.0 — use 0"),
 ])
 def test_bad_inputs_are_one_line(tiny_bundle, pose_json, tmp_path, args, expected):
     args = [str(pose_json) if a == "P" else a for a in args]

@@ -8,7 +8,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from aa_runtime.backends import OnnxRuntimeBackend, UNetShapes
+from aa_export.onnx_graph import UNetShapes
+from aa_runtime.backends import OnnxRuntimeBackend
 from aa_runtime.errors import AAError
 
 TOL = 1e-4

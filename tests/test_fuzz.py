@@ -385,7 +385,8 @@ SMALL_WEIRD = [None, True, "", "x", -1, 0, 3, 0.5, [], {}, [7], float("nan")]
 @pytest.fixture(scope="module")
 def micro_bundle(tiny_bundle, tmp_path_factory) -> Path:
     """A bundle smaller still than tiny_bundle (8 channels, one layer; its tokenizer): loads in ~0.1 s."""
-    from aa_runtime.model import TinyConfig, build_random_base, save_bundle
+    from aa_runtime.bundle import save_bundle
+    from aa_runtime.tiny import TinyConfig, build_random_base
 
     cfg = TinyConfig(sample_size=16, unet_channels=(8, 8), unet_layers=1, unet_heads=1, motion_heads=1,
                      vae_channels=(8, 8), text_dim=8, text_layers=1, text_heads=1)
@@ -458,7 +459,7 @@ def build_bundle(recipe: dict, good: Path, out: Path) -> Path:
 
 def check_base(base) -> None:
     """What load_base promises: usable defaults, schedulers, tokenizer, provenance."""
-    from aa_runtime.model import SampleDefaults
+    from aa_runtime.bundle import SampleDefaults
     from aa_runtime.schedulers import SCHEDULERS, make_scheduler
 
     d = base.defaults

@@ -130,7 +130,7 @@ def test_grounding_losses_fall_along_their_gradient(tmp_path):
     loss is checked by the gradient step only."""
     from diffusers import DDPMScheduler
 
-    from aa_runtime.model import TinyConfig, build_random_base
+    from aa_runtime.tiny import TinyConfig, build_random_base
     from aa_train.base import denoising_loss, encode_all, trainable_parameters
     from aa_train.grounding import grounding_losses, set_grounding_attention, token_regions
     from aa_train.world_data import WorldSource, render_world
@@ -143,7 +143,7 @@ def test_grounding_losses_fall_along_their_gradient(tmp_path):
     spans = [s for s in clips.spans for _ in range(2)]
     bits = token_regions(base.tokenizer, caps, spans, 64)
     labels = torch.from_numpy(clips.parts.reshape(-1, 64, 64))
-    acp = DDPMScheduler.from_config(base.scheduler_config).alphas_cumprod
+    noise_scheduler = DDPMScheduler.from_config(base.scheduler_config)
     g = torch.Generator().manual_seed(0)
     noise, t = torch.randn(z.shape, generator=g), torch.tensor([100, 300, 500, 700])
     store = set_grounding_attention(base.unet)
@@ -151,7 +151,7 @@ def test_grounding_losses_fall_along_their_gradient(tmp_path):
 
     def losses():
         store.clear()
-        denoising_loss(base, acp, z, p, caps, t, noise, train_text=True, device="cpu")
+        denoising_loss(base, noise_scheduler, z, p, caps, t, noise, train_text=True, device="cpu")
         return grounding_losses(store.maps, labels, bits)
 
     for which in (0, 1):
@@ -182,7 +182,7 @@ def test_parts_table_matches_the_object_labels():
 
 
 def test_person_attention_entropy_reads_only_person_pixels():
-    from aa_train.grounding import person_attention_entropy
+    from benchmarks.attention_probe import person_attention_entropy
 
     labels = torch.zeros(1, 4, 4, dtype=torch.uint8)
     labels[0, :2, :2] = part_id("shirt")  # attention pixel 0 is the person's, pixels 1–3 background

@@ -1,8 +1,9 @@
-"""Tests of the judge and the metrics (DESIGN §6): exact values on hand-made judge outputs, ceiling and floor of
+"""Tests of the judge and the metrics: exact values on hand-made judge outputs, ceiling and floor of
 every metric with the shipped judge on held-out ground truth, loading errors, and the training entry point."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -258,8 +259,8 @@ def test_vae_reconstructions_replace_the_batch(tiny_base):
 
 
 def test_a_few_training_steps_lower_the_loss():
-    from aa_world.train_judge import IGNORE, augment, judge_loss, jitter_boxes, render_judge_data
     from aa_world.judge import frames_to_input
+    from aa_world.train_judge import IGNORE, augment, judge_loss, jitter_boxes, render_judge_data
 
     torch.manual_seed(0)
     data = render_judge_data(2, 4, "train", seed=0)
@@ -281,14 +282,26 @@ def test_a_few_training_steps_lower_the_loss():
     assert losses[-1] < 0.7 * losses[0], losses
 
 
-def test_demo_scores_its_videos_from_the_written_mp4(tmp_path):
+@pytest.fixture(scope="module")
+def demo():
+    """examples/demo.py (what `make demo` runs), imported from its file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo", Path(__file__).resolve().parents[1] / "examples" / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_demo_scores_its_videos_from_the_written_mp4(tmp_path, demo):
     """`make demo`'s judge step: the identity's own render, written as mp4, scores close to the lossless ceiling;
     another identity's render in the same scene and motion scores lower on identity, not on scene."""
     import json
 
     from aa_runtime.video import write_video
-    from aa_train.demo import REFERENCE, TARGET, judge_demo
     from aa_world.clips import ClipSpec, render_clip
+
+    REFERENCE, TARGET, judge_demo = demo.REFERENCE, demo.TARGET, demo.judge_demo
 
     own = render_clip(ClipSpec(identity_seed=REFERENCE["identity_seed"], scene_seed=101, **TARGET))
     other = render_clip(ClipSpec(identity_seed=REFERENCE["identity_seed"] + 1, scene_seed=101, **TARGET))
@@ -302,14 +315,15 @@ def test_demo_scores_its_videos_from_the_written_mp4(tmp_path):
     assert rows["adapter"]["scene_accuracy"] == rows["no adapter"]["scene_accuracy"] == 1.0
 
 
-def test_demo_frame_grid_shows_each_video_in_its_row(tmp_path):
+def test_demo_frame_grid_shows_each_video_in_its_row(tmp_path, demo):
     """The grid PNG holds a row per video (reference, adapter, no adapter, words only, ceiling) of 8 frames each, ×3
     nearest: the pixels of a row are the sampled frames of that video (the reference read back from its mp4)."""
     from PIL import Image
 
     from aa_runtime.video import read_video, write_video
-    from aa_train.demo import REFERENCE, TARGET, frame_grid
     from aa_world.clips import ClipSpec, render_clip
+
+    REFERENCE, TARGET, frame_grid = demo.REFERENCE, demo.TARGET, demo.frame_grid
 
     own = render_clip(ClipSpec(identity_seed=REFERENCE["identity_seed"], scene_seed=101, **TARGET))
     ref = write_video(tmp_path / "ref.mp4", own.frames[:12], 8.0)

@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from aa_train.attention import (CrossAttentionProbe, MaskGuidedAttnProcessor, RegionMasks, cross_attention_entropy,
-                                set_mask_guided_attention)
+from aa_train.attention import MaskGuidedAttnProcessor, RegionMasks, set_mask_guided_attention
 from aa_train.losses import background_weakening_loss, latent_masks
+from benchmarks.attention_probe import CrossAttentionProbe, cross_attention_entropy
 
 
 def test_bw_loss_matches_the_formula_on_a_hand_made_tensor():

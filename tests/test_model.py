@@ -8,8 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from aa_runtime.bundle import fingerprint
 from aa_runtime.errors import AAError
-from aa_runtime.model import fingerprint, load_base, widen_conv_in
+from aa_runtime.model import load_base
+from aa_runtime.sd15 import widen_conv_in
 
 
 def tiny_sd15(tmp_path):
@@ -17,7 +19,7 @@ def tiny_sd15(tmp_path):
     from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from aa_runtime.model import DEFAULT_SCHEDULER
+    from aa_runtime.bundle import DEFAULT_SCHEDULER
     from aa_runtime.tokenizer import load_clip_tokenizer, train_clip_tokenizer
 
     torch.manual_seed(0)
@@ -146,7 +148,7 @@ def test_sd15_without_motion_module_and_missing_paths(sd15, tmp_path):
 
 
 def test_bundle_round_trip_and_fingerprint(tiny_base, tiny_bundle, tmp_path):
-    from aa_runtime.model import save_bundle
+    from aa_runtime.bundle import save_bundle
 
     again = load_base(tiny_bundle)
     assert again.fingerprint == tiny_base.fingerprint == fingerprint(again.unet, again.vae, again.text_encoder)
@@ -166,7 +168,8 @@ def test_random_base_leaves_no_temporary_folder(tmp_path, monkeypatch):
     call. The tokenizer still reaches a saved bundle intact: the bundle's copy tokenizes as the in-memory one does."""
     import tempfile
 
-    from aa_runtime.model import TinyConfig, build_random_base, save_bundle
+    from aa_runtime.bundle import save_bundle
+    from aa_runtime.tiny import TinyConfig, build_random_base
     from aa_runtime.tokenizer import load_clip_tokenizer
 
     scratch = tmp_path / "tmp"

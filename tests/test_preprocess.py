@@ -15,7 +15,7 @@ from PIL import Image
 from aa_runtime.errors import AAError, MissingDependencyError
 from aa_runtime.poses import COLORS, PoseSequence, bone_lengths, load_annotations, sidecar_path
 from aa_runtime.video import write_video
-from aa_train import backends as bk
+from aa_train import annotators
 from aa_train.preprocess import (IdentityData, PrepareConfig, crop_clip, prepare_identity, resample_indices,
                                  square_crop_box, write_preview)
 from aa_world.captions import class_caption, identity_caption
@@ -125,7 +125,7 @@ def test_cache_hit_skips_backends(world, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("a backend ran on a cache hit")
 
-    monkeypatch.setattr(bk, "load_sidecar", boom)
+    monkeypatch.setattr(annotators, "load_sidecar", boom)
     second = prepare_identity(cfg(video, tmp_path))
     assert second.source["cache_hit"] is True
     for name in ("frames", "keypoints", "masks", "bone_lengths"):
@@ -325,7 +325,7 @@ def test_coco17_to_openpose18():
     kp = np.stack([np.arange(17) * 10.0, 100 + np.arange(17.0)], -1).astype(np.float32)  # (17, 2)
     scores = np.full(17, 0.9, np.float32)
     scores[9] = 0.1  # left wrist below threshold
-    out = bk.coco17_to_openpose18(kp, scores)
+    out = annotators.coco17_to_openpose18(kp, scores)
     assert out.shape == (18, 3)
     # OpenPose order: nose, neck, r_sho, r_elb, r_wri, l_sho, l_elb, l_wri, r_hip, r_knee, r_ank, l_hip, l_knee,
     # l_ank, r_eye, l_eye, r_ear, l_ear ← COCO: 0, (5+6)/2, 6, 8, 10, 5, 7, 9, 12, 14, 16, 11, 13, 15, 2, 1, 4, 3
@@ -338,16 +338,16 @@ def test_coco17_to_openpose18():
         else:
             np.testing.assert_allclose(out[op], [*kp[c], 0.9])
     scores[6] = 0.2  # one shoulder missing → no neck
-    assert bk.coco17_to_openpose18(kp, scores)[1, 2] == 0
+    assert annotators.coco17_to_openpose18(kp, scores)[1, 2] == 0
 
 
 def test_simcc_decode_inverts_the_affine_crop():
     """Points of the image → model-input pixels (the warp) → SimCC peaks at 2× → decoded back to the image."""
     box = np.array([100.0, 40.0, 220.0, 400.0])
-    center, scale = bk.box_center_scale(box)
-    scale = bk.fix_aspect_ratio(scale, 288 / 384)
+    center, scale = annotators.box_center_scale(box)
+    scale = annotators.fix_aspect_ratio(scale, 288 / 384)
     np.testing.assert_allclose(scale[0] / scale[1], 288 / 384)
-    M = bk.warp_matrix(center, scale, (288, 384))
+    M = annotators.warp_matrix(center, scale, (288, 384))
     np.testing.assert_allclose(M @ [*center, 1], [144, 192])  # box centre → input centre
     pts = np.array([[130.0, 60.0], [160.0, 220.0], [210.0, 390.0]])
     inp = (M @ np.c_[pts, np.ones(3)].T).T  # (3, 2) model-input pixels
@@ -356,12 +356,12 @@ def test_simcc_decode_inverts_the_affine_crop():
     for k, (x, y) in enumerate(inp):
         sx[k] = np.exp(-0.5 * (bins_x - np.round(2 * x)) ** 2)  # peaks on the nearest half-pixel bin
         sy[k] = 0.8 * np.exp(-0.5 * (bins_y - np.round(2 * y)) ** 2)
-    kp, score = bk.simcc_decode(sx, sy, center, scale)
+    kp, score = annotators.simcc_decode(sx, sy, center, scale)
     px = scale[0] / 288  # one input pixel in image pixels
     np.testing.assert_allclose(kp, pts, atol=0.25 * px + 1e-3)  # bins are half an input pixel
     np.testing.assert_allclose(score, 0.8, atol=1e-3)  # min of the two axis maxima
     sx[1] = -1.0  # no evidence → score 0
-    assert bk.simcc_decode(sx, sy, center, scale)[1][1] == 0
+    assert annotators.simcc_decode(sx, sy, center, scale)[1][1] == 0
 
 
 def _const_onnx(path: Path, in_shape, outputs: dict[str, np.ndarray]) -> Path:
@@ -408,13 +408,13 @@ def test_dwpose_backend_end_to_end_with_stand_in_models(tmp_path):
         sx[0, k, 2 * x], sy[0, k, 2 * y] = 0.9, 0.9
     pose = _const_onnx(tmp_path / "dw-ll_ucoco_384.onnx", [1, 3, 384, 288], {"simcc_x": sx, "simcc_y": sy})
 
-    model = bk.DWPose(det, pose)
+    model = annotators.DWPose(det, pose)
     frames = np.zeros((2, 320, 320, 3), np.uint8)  # letterbox ratio 2
     boxes = model.boxes(frames[0])
     np.testing.assert_allclose(boxes, [[135, 60, 195, 240], [25, 20, 45, 50]], atol=1e-3)
     out = model(frames)  # (2, 18, 3)
-    center, scale = bk.box_center_scale(boxes[0])
-    scale = bk.fix_aspect_ratio(scale, 288 / 384)
+    center, scale = annotators.box_center_scale(boxes[0])
+    scale = annotators.fix_aspect_ratio(scale, 288 / 384)
     img = lambda x, y: np.array([x, y]) / [288, 384] * scale + center - scale / 2  # noqa: E731
     np.testing.assert_allclose(out[0, 0, :2], img(*where[0]), atol=1e-3)  # nose
     np.testing.assert_allclose(out[0, 2, :2], img(*where[6]), atol=1e-3)  # r_shoulder ← COCO 6
@@ -423,9 +423,8 @@ def test_dwpose_backend_end_to_end_with_stand_in_models(tmp_path):
     assert (out[0, [3, 4, 6, 7], 2] == 0).all() and np.array_equal(out[0], out[1])
 
 
-def test_one_cache_root_for_identity_and_onnx(monkeypatch, tmp_path):
-    from aa_runtime.backends import OnnxRuntimeBackend
-    from aa_runtime.errors import cache_root
+def test_one_cache_root(monkeypatch, tmp_path):
+    from aa_runtime.files import cache_root
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("AA_CACHE_DIR", raising=False)
@@ -436,4 +435,3 @@ def test_one_cache_root_for_identity_and_onnx(monkeypatch, tmp_path):
     monkeypatch.setenv("AA_CACHE_DIR", str(tmp_path / "aa"))
     default = next(f.default_factory for f in dataclasses.fields(PrepareConfig) if f.name == "cache_dir")
     assert default() == tmp_path / "aa" / "identity"
-    assert OnnxRuntimeBackend(unet=torch.nn.Identity()).cache_dir == tmp_path / "aa"

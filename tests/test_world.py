@@ -219,7 +219,7 @@ def test_motion_keypoints_scale_with_size_and_match_rendered_clips():
     assert np.allclose(small[..., :2][vis] * 8, large[..., :2][vis], atol=1e-2)
     spec = _spec(motion="squat", seed=4, identity_seed=99)
     clip = render_clip(spec)
-    kp = motion_keypoints("squat", 16, 8.0, 64, 64, identity=clip.identity, seed=4)
+    kp = motion_keypoints("squat", 16, 8.0, 64, 64, body=clip.identity.body, seed=4)
     assert np.array_equal(kp, clip.keypoints)
     assert np.abs(np.diff(kp[..., :2], axis=0)).max() > 0.5  # it moves
 

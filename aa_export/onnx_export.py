@@ -1,4 +1,4 @@
-"""`export_onnx(cfg)`: base (+ merged identity adapters) → UNet ONNX, checked against PyTorch (DESIGN §2.7).
+"""`export_onnx(cfg)`: base (+ merged identity adapters) → UNet ONNX, checked against PyTorch.
 
 Static shapes by default (UNet batch 2 × clips for CFG, the bundle's window of frames, its latent size), so
 TensorRT and onnxruntime can plan for one shape; `--dynamic` leaves batch and frames free. The parity report
@@ -14,9 +14,13 @@ from pathlib import Path
 
 import torch
 
-from aa_runtime.backends import (DEFAULT_OPSET, DEFAULT_TOLERANCE, OnnxRuntimeBackend, UNetShapes, export_unet_onnx,
-                                 onnx_parity, parity_ok, staged_onnx, unet_shapes_for)
-from aa_runtime.errors import AAError, atomic_path
+from aa_runtime.backends import OnnxRuntimeBackend
+from aa_runtime.device import resolve_device
+from aa_runtime.errors import AAError
+from aa_runtime.files import atomic_path
+
+from .onnx_graph import (DEFAULT_OPSET, DEFAULT_TOLERANCE, UNetShapes, export_unet_onnx, onnx_parity, parity_ok,
+                         staged_onnx, unet_shapes_for)
 
 PARITY_FORMAT = "aa-onnx-parity/1"
 MAX_OPSET = 23  # highest opset the pinned onnx / onnxruntime pair supports
@@ -79,13 +83,10 @@ class OnnxExportResult:
 
 
 def _resolve_device(device: str, fp16: bool) -> torch.device:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise AAError("device", device, "no CUDA GPU is visible to torch here; use --device cpu")
-    if fp16 and not device.startswith("cuda"):
+    device, _ = resolve_device(device, "float32")
+    if fp16 and device.type != "cuda":
         raise AAError("--fp16", "no CUDA GPU is visible", "fp16 export runs on a GPU; drop --fp16 on a CPU")
-    return torch.device(device)
+    return device
 
 
 def export_shapes(cfg: OnnxExportConfig, base) -> UNetShapes:
@@ -118,7 +119,8 @@ def export_onnx(cfg: OnnxExportConfig) -> OnnxExportResult:
     import onnxruntime
 
     from aa_runtime.adapters import load_adapter, merge_adapter
-    from aa_runtime.model import fingerprint, load_base
+    from aa_runtime.bundle import fingerprint
+    from aa_runtime.model import load_base
 
     # 1. inputs first: device, adapters (cheap), then the slow base load
     device = _resolve_device(cfg.device, cfg.fp16)
@@ -160,7 +162,7 @@ def export_onnx(cfg: OnnxExportConfig) -> OnnxExportResult:
             "max_abs": worst["max_abs"], "rel_l2": max(r["rel_l2"] for r in results), "cases": results,
             "dtype": str(cfg.dtype).removeprefix("torch."), "opset": cfg.opset, "dynamic": cfg.dynamic,
             "shapes": asdict(shapes), "device": str(device),
-            "providers": backend.sessions[()].get_providers(),
+            "providers": backend.session.get_providers(),
             "base": base.source, "base_fingerprint": base.fingerprint, "unet_fingerprint": unet_fp,
             "adapters": metadata["aa_adapters"], "seconds": {k: round(v, 3) for k, v in seconds.items()},
             "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},

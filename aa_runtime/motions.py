@@ -1,4 +1,5 @@
-"""Parametric motions of the synthetic world: joint angles as functions of time t (seconds).
+"""The built-in parametric motions (`aa-run --motion`; the synthetic world renders its people in them): joint
+angles as functions of time t (seconds).
 
 Each motion maps frame times to `MotionAngles`; a per-clip generator varies speed, phase, facing
 and (for wave) the hand. `dance` and `turn` start near the front and rotate through whole turns
@@ -12,8 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from .identity import DEFAULT_BODY, Body, Identity, check_seed
-from .skeleton import MotionAngles, Placement, Pose3D, forward_kinematics, keypoints18
+from .skeleton import DEFAULT_BODY, Body, MotionAngles, Placement, Pose3D, forward_kinematics, keypoints18
 
 F32 = np.float32
 MOTIONS = ("walk", "run", "wave", "jump", "dance", "turn", "squat")
@@ -194,7 +194,8 @@ def motion_pose(name: str, frames: int, fps: float, width: int, height: int, bod
                 seed: int = 0) -> tuple[Pose3D, MotionAngles]:
     """The 3-D pose sequence of `name` for `body` in a width×height frame; everything keyed by `seed`."""
     check_motion_args(name, frames, fps, width, height)
-    seed = check_seed(seed)
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed={seed!r}: use a non-negative integer")
     placement = default_placement(width, height, body, np.random.default_rng([seed, 2]))
     t = np.arange(frames, dtype=np.float64) / float(fps)  # (F,) seconds
     duration = frames / float(fps)
@@ -204,8 +205,7 @@ def motion_pose(name: str, frames: int, fps: float, width: int, height: int, bod
 
 
 def motion_keypoints(name: str, frames: int, fps: float, width: int, height: int,
-                     identity: Identity | None = None, seed: int = 0) -> np.ndarray:
+                     body: Body | None = None, seed: int = 0) -> np.ndarray:
     """OpenPose-18 keypoints float32 (F, 18, 3) of a built-in motion, pixels of a width×height frame, conf 0/1."""
-    body = identity.body if identity is not None else DEFAULT_BODY
-    pose, _ = motion_pose(name, frames, fps, width, height, body, seed)
+    pose, _ = motion_pose(name, frames, fps, width, height, body or DEFAULT_BODY, seed)
     return keypoints18(pose, width, height)

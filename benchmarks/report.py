@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from aa_runtime.errors import atomic_path
+from aa_runtime.files import atomic_path
 
 
 def write_report(out_dir: Path, stem: str, results: dict, markdown: str) -> tuple[Path, Path]:

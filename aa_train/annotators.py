@@ -1,4 +1,4 @@
-"""Annotation backends for identity preprocessing (DESIGN §2.2): OpenPose-18 poses and person masks.
+"""Annotators for identity preprocessing: OpenPose-18 poses and person masks from a video.
 
 - `sidecar`   — `VIDEO.aa.json` beside the video (format §4; the synthetic world writes these).
 - `mediapipe` — offline default for real footage (`aa_runtime.annotate`), masks kept to the detected person.

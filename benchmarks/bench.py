@@ -1,5 +1,5 @@
-"""`aa-bench`: UNet throughput per backend and training-step memory. Parses flags and calls the typed functions;
-`benchmarks/throughput.py` and `benchmarks/memory.py` call the same `main`."""
+"""`aa-bench` (or `python -m benchmarks.bench`): UNet throughput per backend and training-step memory. Parses flags
+and calls the typed functions of `benchmarks.throughput` and `benchmarks.memory`."""
 from __future__ import annotations
 
 import os
@@ -7,11 +7,10 @@ from pathlib import Path
 
 import click
 
+from aa_runtime.console import fail, quiet_libraries
+from aa_runtime.device import BACKENDS
 from aa_runtime.errors import AAError
 
-from .cli import _quiet, fail
-
-_BACKENDS = ("torch", "torch-compile", "onnxruntime", "tensorrt")
 
 
 def _csv(value: str | None) -> tuple[str, ...]:
@@ -22,12 +21,12 @@ def _csv(value: str | None) -> tuple[str, ...]:
 def main():
     """Benchmarks: `throughput` (UNet per backend) and `memory` (one identity-training step)."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch's OpenMP starts: before any torch import
-    _quiet()
+    quiet_libraries()
 
 
 @main.command("throughput")
 @click.option("--scenarios", default=None, help="Comma-separated scenario names [default: all; see --list].")
-@click.option("--backends", default=",".join(_BACKENDS), show_default=True, help="Comma-separated backends.")
+@click.option("--backends", default=",".join(BACKENDS), show_default=True, help="Comma-separated backends.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--threads", type=int, default=None, help="torch and onnxruntime threads [default: torch's].")
 @click.option("--repeats", type=int, default=None, help="Timed calls per backend [default: per scenario].")
@@ -42,7 +41,7 @@ def main():
 def throughput_cmd(scenarios, backends, device, threads, repeats, warmup, bundle, merge_ranks, no_pipeline,
                    list_only, out_dir):
     """Time the UNet per backend, interleaved, against eager PyTorch."""
-    from .throughput import RESULTS_DIR, SCENARIOS, ThroughputConfig, run_throughput
+    from benchmarks.throughput import RESULTS_DIR, SCENARIOS, ThroughputConfig, run_throughput
 
     if list_only:
         for s in SCENARIOS:
@@ -88,8 +87,8 @@ def throughput_cmd(scenarios, backends, device, threads, repeats, warmup, bundle
               help="Where memory.json/.md go [default: benchmarks/results].")
 def memory_cmd(height, width, frames, rank, modes, no_measure, no_estimate, out_dir):
     """Peak memory of one identity-training step: measured, and estimated for SD1.5 without a GPU."""
-    from .memory import MemoryConfig, run_memory
-    from .throughput import RESULTS_DIR
+    from benchmarks.memory import MemoryConfig, run_memory
+    from benchmarks.throughput import RESULTS_DIR
 
     try:
         cfg = MemoryConfig(height=height, width=width, frames=frames, rank=rank, modes=_csv(modes),

@@ -1,5 +1,5 @@
-"""AnimateAnywhere export: UNet → ONNX (`export_onnx`), ONNX → TensorRT (`build_trt_engine`), CLI `aa-export`,
-and the benchmarks behind `aa-bench` (`throughput`, `memory`)."""
+"""AnimateAnywhere export: UNet → ONNX with a parity check (`export_onnx`), ONNX → TensorRT engine
+(`build_trt_engine`), CLI `aa-export`. The runtime runs what this writes."""
 from __future__ import annotations
 
 _PUBLIC = {

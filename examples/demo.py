@@ -1,4 +1,5 @@
-"""`make demo`: the main job on the embedded default, from a fresh clone, in minutes on a CPU.
+"""`make demo` (python examples/demo.py --out out): the main job on the embedded default, from a fresh clone, in
+minutes on a CPU.
 
 1. Render the example reference video: an evaluation identity (never seen in base training) in one scene, with a
    turn so front and back are both seen; its `.aa.json` sidecar carries poses and masks.
@@ -20,8 +21,9 @@ import sys
 import time
 from pathlib import Path
 
+from aa_runtime.bundle import MANIFEST
 from aa_runtime.errors import AAError
-from aa_runtime.model import DEFAULT_BUNDLE, MANIFEST
+from aa_runtime.model import DEFAULT_BUNDLE
 
 REFERENCE = dict(identity_seed=1_000_007, scene="beach", scene_seed=11, motion="turn", frames=24, fps=8.0, seed=3)
 TARGET = dict(scene="snow field", motion="dance", frames=16, seed=0)  # the new scene and motion of step 3
@@ -30,7 +32,9 @@ DESCRIBED_LR = 3e-4  # benchmarks/results/quality_identity_light.md: the describ
 
 def base_for_demo(out: Path, log) -> tuple[str, bool]:
     """The embedded bundle when it holds a trained UNet; otherwise a random bundle, said plainly."""
-    from aa_runtime.model import TinyConfig, build_random_base, load_base, save_bundle
+    from aa_runtime.bundle import save_bundle
+    from aa_runtime.model import load_base
+    from aa_runtime.tiny import TinyConfig, build_random_base
 
     if (DEFAULT_BUNDLE / MANIFEST).is_file():
         if not load_base(DEFAULT_BUNDLE).untrained_unet:
@@ -60,12 +64,13 @@ def main(argv=None) -> int:
     ap.add_argument("--stage1-steps", type=int, default=None)
     ap.add_argument("--stage2-steps", type=int, default=None)
     args = ap.parse_args(argv)
-    from aa_runtime.cli import RunConfig, quiet_libraries, run
+    from aa_runtime.console import quiet_libraries
+    from aa_runtime.generate import RunConfig, run
 
-    quiet_libraries()  # before .identity pulls in peft → bitsandbytes, whose import-time notices reach stderr
+    quiet_libraries()  # before aa_train.identity pulls in peft → bitsandbytes, whose import-time notices reach stderr
     from aa_runtime.adapters import describe_identifier
 
-    from .identity import IdentityTrainConfig, train_identity
+    from aa_train.identity import IdentityTrainConfig, train_identity
 
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     t0 = time.time()
@@ -146,7 +151,7 @@ def frame_grid(path: Path, reference: Path, videos: dict[str, Path], columns: in
     import numpy as np
     from PIL import Image, ImageDraw
 
-    from aa_runtime.errors import atomic_path
+    from aa_runtime.files import atomic_path
     from aa_runtime.video import read_video
     from aa_world.clips import ClipSpec, render_clip
 

@@ -13,8 +13,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from aa_runtime.backends import DYNAMIC_AXES, import_tensorrt, require_cuda
-from aa_runtime.errors import AAError, atomic_path, require_file
+from aa_runtime.backends import import_tensorrt, require_cuda
+from aa_runtime.errors import AAError
+from aa_runtime.files import atomic_path, require_file
+
+from .onnx_graph import DYNAMIC_AXES
 
 
 @dataclass(frozen=True)

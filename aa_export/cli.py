@@ -1,24 +1,12 @@
 """`aa-export`: UNet → ONNX (parity-checked) → TensorRT engine. Parses flags and calls the typed functions."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
+from aa_runtime.console import fail, quiet_libraries
 from aa_runtime.errors import AAError
-
-
-def fail(e: Exception) -> None:
-    """Print a user error as one line and exit 2."""
-    click.echo(f"error: {e}", err=True)
-    sys.exit(2)
-
-
-def _quiet() -> None:
-    from aa_runtime.cli import quiet_libraries
-
-    quiet_libraries()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -45,7 +33,7 @@ def main():
 def onnx_cmd(base, motion_module, adapters, force, frames, height, width, batch, dynamic, fp16, opset, tolerance,
              device, output):
     """Export the (adapter-merged) UNet to ONNX and check it against PyTorch."""
-    _quiet()
+    quiet_libraries()
     from .onnx_export import OnnxExportConfig, export_onnx
 
     try:
@@ -77,7 +65,7 @@ def onnx_cmd(base, motion_module, adapters, force, frames, height, width, batch,
 @click.option("--device", default="cuda", show_default=True, help="cuda or cuda:N.")
 def trt_cmd(onnx_file, output, fp16, min_frames, opt_frames, max_frames, max_batch, workspace, timing_cache, device):
     """Build a TensorRT engine from ONNX_FILE (needs an NVIDIA GPU and the `gpu` extra)."""
-    _quiet()
+    quiet_libraries()
     from .trt_engine import TrtBuildConfig, build_trt_engine
 
     try:

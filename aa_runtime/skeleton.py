@@ -1,4 +1,5 @@
-"""The figure's kinematic model: joint angles → 3-D joints → image coordinates, OpenPose-18 keypoints, views.
+"""The figure's kinematic model (used by the built-in motions and the synthetic world's renderer): joint angles →
+3-D joints → image coordinates, OpenPose-18 keypoints, views.
 
 Body frame: x = the person's left, y = up, z = the person's forward; lengths in figure heights.
 The body turns by `yaw` about the vertical axis (yaw 0 faces the camera, ±π shows the back) and
@@ -6,13 +7,11 @@ is projected orthographically. Image space: x right and y down in pixels, z towa
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from aa_runtime.poses import OPENPOSE18  # the one keypoint order the runtime reads
-
-from .identity import Body
+from .poses import OPENPOSE18  # the one keypoint order the runtime reads
 
 F32 = np.float32
 
@@ -22,6 +21,33 @@ J = {name: i for i, name in enumerate(JOINTS)}
 
 VIEWS = ("front", "side", "back")
 FRONT, SIDE, BACK = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Body:
+    """Body proportions in units of the figure's height (sole to crown); `height` is a fraction of the frame."""
+
+    height: float = 0.68
+    head: float = 0.068  # head radius
+    neck: float = 0.035
+    torso: float = 0.29  # pelvis to neck (mid-shoulders)
+    shoulder: float = 0.1  # half shoulder width
+    hip: float = 0.06  # half hip width
+    depth: float = 0.06  # half torso depth (front to back)
+    upper_arm: float = 0.165
+    forearm: float = 0.15
+    thigh: float = 0.245
+    shin: float = 0.235
+    ankle: float = 0.04  # ankle height above the sole
+    limb: float = 1.0  # limb thickness multiplier
+
+    def __post_init__(self):
+        for name, value in asdict(self).items():
+            if not (np.isfinite(value) and value > 0):
+                raise ValueError(f"Body.{name}={value!r}: proportions must be positive finite numbers")
+
+
+DEFAULT_BODY = Body()
 
 
 @dataclass(frozen=True)
