@@ -16,7 +16,7 @@ import json
 import re
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Literal, NamedTuple
 
@@ -50,7 +50,7 @@ class IdentityTrainConfig:
     motion_module: str | None = None
     rank: int = 8
     alpha: float = 8.0
-    lora_targets: tuple[str, ...] = ATTN2_PROJECTIONS  # spatial attn2 projections given LoRA (full_attn2: trained)
+    lora_targets: tuple[str, ...] = ATTN2_PROJECTIONS  # spatial attn2 projections given LoRA
     # attn2: those projections only (paper); attention: + spatial attn1 and feed-forward; wide: + resnet 3×3 convs
     lora_reach: Literal["attn2", "attention", "wide"] = "attn2"
     lr: float = 1e-3
@@ -78,9 +78,6 @@ class IdentityTrainConfig:
     # free: LoRA of `rank` on the targets (paper); key-locked: Perfusion's key-locked rank-one edit of the spatial attn2
     # K and V, gated to the identifier (needs identifier=rare): K of the identifier := K of the class word, its V trains
     lora_form: Literal["free", "key-locked"] = "free"
-    full_attn2: bool = False  # ablation: fine-tune the attn2 projections fully instead of LoRA
-    full_unet: bool = False  # oracle: fine-tune every UNet weight (no adapter file; the model stays in memory)
-    single_frame: bool = False  # ablation: one reference frame instead of the video
     gradient_checkpointing: bool | None = None  # default: on with CUDA
     separate_prior: bool | None = None  # prior sample in its own backward pass; default: with checkpointing
     pose_backend: str = "auto"
@@ -160,13 +157,12 @@ class IdentityTrainConfig:
             raise AAError("identifier", self.identifier, "use pieces, rare or pivotal")
         if not 0 <= self.lr <= 1:
             raise AAError("lr", self.lr, "use a learning rate in [0, 1], e.g. 1e-3")
-        if self.lr == 0 and (self.identifier != "pivotal" or self.full_unet or self.full_attn2):
+        if self.lr == 0 and self.identifier != "pivotal":
             raise AAError("lr", 0, "nothing would train: --lr 0 keeps the LoRA at zero, so give --identifier pivotal "
                           "(the identifier embedding alone: textual inversion)")
         if self.lora_form not in ("free", "key-locked"):
             raise AAError("lora-form", self.lora_form, "use free or key-locked")
-        if self.lora_form == "key-locked" and (self.identifier != "rare" or self.full_unet or self.full_attn2
-                                               or self.lora_reach != "attn2"):
+        if self.lora_form == "key-locked" and (self.identifier != "rare" or self.lora_reach != "attn2"):
             raise AAError("lora-form", "key-locked", "the key-locked edit gates on the identifier's own frozen token "
                           "in the spatial cross-attention: use --identifier rare and the attn2 reach")
         if self.lora_form == "key-locked" and self.rank != 1:
@@ -196,9 +192,8 @@ PRESETS = {
 
 @dataclass
 class IdentityResult:
-    adapter: Path | None
+    adapter: Path | None  # None when something else than the LoRA adapter trained (see train_identity)
     summary: dict
-    deltas: dict[str, torch.Tensor] = field(default_factory=dict)  # module path → ΔW of each trained attn2 linear
     base: object = None  # the BaseModel trained in place (LoRA layers still attached, unmerged)
     appearance: str | None = None  # the written appearance trained with (describe), for prompts naming the identity
 
@@ -359,28 +354,6 @@ def make_optimizer(params, cfg: IdentityTrainConfig, token_params=()):
     return bnb.optim.AdamW8bit(groups)
 
 
-def trainable_attn2(unet, cfg: IdentityTrainConfig) -> tuple[list[str], list[torch.nn.Parameter]]:
-    """Freeze everything, then open either LoRA on the spatial attn2 projections, or (ablation) the projections, or
-    (oracle) every UNet weight."""
-    unet.requires_grad_(False)
-    if cfg.full_unet:
-        unet.requires_grad_(True)
-        return [], list(unet.parameters())
-    targets = [n for n, _ in unet.named_modules() if re.fullmatch(cfg.target_pattern, n)]
-    if cfg.full_attn2:
-        params = []
-        for n in targets:
-            for p in unet.get_submodule(n).parameters():
-                p.requires_grad_(True)
-                params.append(p)
-        return targets, params
-    attach_lora(unet, cfg.rank, cfg.alpha, targets, ADAPTER_NAME)
-    params = [p for n, p in unet.named_parameters() if "lora_" in n]
-    for p in params:
-        p.requires_grad_(True)
-    return targets, params
-
-
 def lora_tensors(unet, targets: list[str]) -> tuple[dict, dict]:
     A, B = {}, {}
     for n in targets:
@@ -483,237 +456,336 @@ def save_loss_curve(losses: dict[str, list[float]], path: Path) -> None:
     plt.close(fig)
 
 
-# ------------------------------------------------------------------------------------------- entry point
-def train_identity(cfg: IdentityTrainConfig, log=print) -> IdentityResult:
-    """Prepare the reference video, train both stages, write the adapter (+ loss curve and preview)."""
-    from tqdm.auto import tqdm
+# ------------------------------------------------------------------------------------------- the job, step by step
+@dataclass
+class Reference:
+    """Step 1: the prepared reference video and the caption every instance step trains with."""
 
-    from .preprocess import PrepareConfig, prepare_identity
+    data: "IdentityData"  # noqa: F821  (aa_train.preprocess)
+    caption: str
+    appearance: str | None  # the written appearance trained with (describe), else None
+    resolution: int
 
-    device, _ = resolve_device(cfg.device, "float32")  # the base stays fp32; autocast handles CUDA
+
+@dataclass
+class TrainingTensors:
+    """Step 2: what the steps read, encoded once. Latents (F, 4, h, w); views: the reference and its composites as
+    (latents, caption); texts: caption → (1, T, D) while the identifier is frozen; bank: the prior videos."""
+
+    latents: torch.Tensor
+    pose_latents: torch.Tensor
+    fore: torch.Tensor  # (F, 1, h, w) person mask at latent size
+    views: list[tuple[torch.Tensor, str]]
+    texts: dict[str, torch.Tensor]
+    bank: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+class Trainable(NamedTuple):
+    """Step 3's choice of what trains: the target module paths, their parameters, and a name for checkpoints."""
+
+    targets: list[str]
+    params: list[torch.nn.Parameter]
+    kind: str
+
+
+def lora_parameters(unet, cfg: IdentityTrainConfig) -> Trainable:
+    """The adapter: everything frozen, LoRA of `cfg.rank` attached on the target modules (B = 0: output unchanged)."""
+    unet.requires_grad_(False)
+    targets = [n for n, _ in unet.named_modules() if re.fullmatch(cfg.target_pattern, n)]
+    attach_lora(unet, cfg.rank, cfg.alpha, targets, ADAPTER_NAME)
+    params = [p for n, p in unet.named_parameters() if "lora_" in n]
+    for p in params:
+        p.requires_grad_(True)
+    return Trainable(targets, params, "lora")
+
+
+def load_identity_base(cfg: IdentityTrainConfig):
+    """Step 0: the base on the training device (fp32; autocast handles CUDA), with the identifier's own token when
+    `identifier` is rare or pivotal. Returns (base, token id or None)."""
+    device, _ = resolve_device(cfg.device, "float32")
     torch.manual_seed(cfg.seed)
     base = load_base(cfg.base, cfg.motion_module, device=device, dtype=torch.float32)
     token_id = (add_identifier_token(base.tokenizer, base.text_encoder, cfg.token)
                 if cfg.identifier != "pieces" else None)
     base.text_encoder.requires_grad_(False)  # pivotal tuning trains one spliced vector, never the table
+    return base, token_id
+
+
+def prepare_reference(cfg: IdentityTrainConfig, base, log=print) -> Reference:
+    """Step 1: frames, poses, masks and caption of the reference (cached by video hash + settings), the written
+    appearance with `describe`, the annotation preview."""
+    from .preprocess import PrepareConfig, prepare_identity, write_preview
+
+    t0 = time.time()
     res = cfg.resolution or base.defaults.width
     m = base.vae_scale * 2 ** (len(base.unet.config.block_out_channels) - 1)
     if res % m or res < m:
         raise AAError("resolution", res, f"use a multiple of {m} for this base")
-    work = Path(cfg.work_dir) if cfg.work_dir else cfg.output.with_suffix(".work")
-
-    # 1. data: frames, poses, masks, captions (cached by video hash + settings)
-    t0 = time.time()
     data = prepare_identity(PrepareConfig(
         video=cfg.video, token=cfg.token, class_word=cfg.class_word, resolution=res, max_frames=cfg.max_frames,
         fps=cfg.fps, pose_backend=cfg.pose_backend, mask_backend=cfg.mask_backend, captioner=cfg.captioner,
         description=cfg.description, sam_checkpoint=cfg.sam_checkpoint, dwpose_det=cfg.dwpose_det,
         dwpose_pose=cfg.dwpose_pose, openai_model=cfg.openai_model, openai_timeout=cfg.openai_timeout,
         min_person_fraction=cfg.min_person_fraction, **({"cache_dir": cfg.cache_dir} if cfg.cache_dir else {})))
-    if cfg.single_frame:
-        mid = len(data.frames) // 2
-        data = replace(data, frames=data.frames[mid:mid + 1], keypoints=data.keypoints[mid:mid + 1],
-                       masks=data.masks[mid:mid + 1])
     appearance = data.source.get("appearance") if cfg.describe else None
     if cfg.describe and not appearance:  # before anything is written
         raise AAError("describe", f"no written appearance for {cfg.video}", "give --description 'in a grey shirt "
                       "and a yellow skirt' (what the person wears), or train without --describe")
     if cfg.preview:
-        from .preprocess import write_preview
-
         write_preview(data, cfg.output.with_suffix(".annotations.png"))
-    n = len(data.frames)
     # the identifier stays in the caption only as a token of its own (rare, pivotal; the adapter carries it): as
     # ordinary word pieces it would only move the description's words off what the base learnt
     caption = (describe_identifier(data.caption, cfg.token, cfg.class_word, appearance,
                                    keep_identifier=cfg.identifier != "pieces") if appearance else data.caption)
-    log(f"reference: {n} frames at {res}px, caption {caption!r} ({time.time() - t0:.1f}s)")
+    log(f"reference: {len(data.frames)} frames at {res}px, caption {caption!r} ({time.time() - t0:.1f}s)")
+    return Reference(data, caption, appearance, res)
 
-    # 2. caches: latents, pose latents, text embeddings, latent masks, class samples
-    work.mkdir(parents=True, exist_ok=True)  # only now: a video that fails step 1 leaves no folder behind
-    pipe = AnimatePipeline.from_base(base)
-    cache = Path(cfg.cache_dir or work)
+
+def encode_training_tensors(cfg: IdentityTrainConfig, pipe: AnimatePipeline, ref: Reference,
+                            cache: Path) -> TrainingTensors:
+    """Step 2: latents, pose latents, latent masks, composite views, caption text states and the prior bank."""
+    data, caption = ref.data, ref.caption
     latents = encode_frames(pipe, data.frames)  # (F, 4, h, w)
-    poses = PoseSequence(data.keypoints, res, res, data.fps)
-    pose_latents = encode_frames(pipe, render_skeletons(poses))
-    fore = latent_masks(torch.from_numpy(data.masks), latents.shape[-2:]).to(device)  # (F, 1, h, w)
+    pose_latents = encode_frames(pipe, render_skeletons(PoseSequence(data.keypoints, ref.resolution, ref.resolution,
+                                                                     data.fps)))
+    fore = latent_masks(torch.from_numpy(data.masks), latents.shape[-2:]).to(pipe.unet.device)  # (F, 1, h, w)
     # the person as filmed, then pasted onto each composite scene with that scene in the caption (decoupling)
     views = [(latents, caption)] + [
         (encode_frames(pipe, composite_frames(data.frames, data.masks, scene, cfg.seed + k)),
          scene_caption(caption, scene)) for k, scene in enumerate(cfg.composite_scenes)]
     # (1, T, D) each; a trained identifier goes through the encoder every step instead
-    texts = {} if cfg.identifier == "pivotal" else {caption: pipe.encode_prompt(caption) for _, caption in views}
+    texts = {} if cfg.identifier == "pivotal" else {c: pipe.encode_prompt(c) for _, c in views}
     bank = prior_bank(pipe, data, cfg, cache, pose_latents)
-    use_prior = bool(bank)
-    log(f"caches ready ({time.time() - t0:.1f}s)")
+    return TrainingTensors(latents, pose_latents, fore, views, texts, bank)
 
-    # 3. trainable parameters, optimizer, attention, checkpointing
-    unet = base.unet
-    targets, params = trainable_attn2(unet, cfg)
-    if cfg.lr == 0:  # textual inversion: the LoRA stays at zero (B = 0) and gets no gradient
-        for p in params:
-            p.requires_grad_(False)
-        params = []
-    if cfg.lora_form == "key-locked":
-        params = lock_keys(unet, targets, base, caption, cfg)
-    pivot = IdentifierEmbedding(base.text_encoder, token_id) if cfg.identifier == "pivotal" else None
-    token_params = [pivot.vector] if pivot else []
-    opt = make_optimizer(params, cfg, token_params)
-    params = params + token_params  # what is clipped and checkpointed
 
-    def instance_text(caption: str) -> torch.Tensor:
-        """The caption's text states (1, T, D): cached while the identifier is frozen, else through the encoder."""
-        if pivot is None:
-            return texts[caption]
-        return base.text_encoder(prompt_ids(base.tokenizer, caption).to(base.text_encoder.device))[0]
-    regions = set_mask_guided_attention(unet, cfg.mask_attention_weight)
-    ckpt_on = cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else device.type == "cuda"
-    restore_ckpt = None
-    if ckpt_on:
-        from .checkpointing import enable_full_gradient_checkpointing
+class IdentityTrainer:
+    """Steps 3 and 4: the trainable parameters and their optimizer, mask-guided attention and gradient checkpointing
+    on the UNet (`__init__`); one optimisation step (`step`); both stages with resumable checkpoints (`run`);
+    the UNet back to plain inference (`close`)."""
 
-        restore_ckpt = enable_full_gradient_checkpointing(unet)
-    separate_prior = use_prior and (cfg.separate_prior if cfg.separate_prior is not None else ckpt_on)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    unet.train()
-    from diffusers import DDPMScheduler
+    def __init__(self, cfg: IdentityTrainConfig, base, ref: Reference, tensors: TrainingTensors,
+                 trainable: Trainable, token_id: int | None, work: Path):
+        from diffusers import DDPMScheduler
 
-    noise_scheduler = DDPMScheduler.from_config(base.scheduler_config)
-    T = noise_scheduler.config.num_train_timesteps
-    losses: dict[str, list[float]] = {"stage1": [], "stage2": []}
-    step0 = {"stage1": 0, "stage2": 0}
-    ckpt = work / "checkpoint.pt"
-    # what shapes the trained tensors and their optimizer state: a checkpoint from other settings cannot continue
-    shape_key = {"base": base.fingerprint, "rank": cfg.rank, "lora_targets": list(cfg.lora_targets),
-                 "lora_reach": cfg.lora_reach, "lora_form": cfg.lora_form, "full_attn2": cfg.full_attn2,
-                 "full_unet": cfg.full_unet, "optimizer": cfg.optimizer, "identifier": cfg.identifier}
-    if cfg.resume and ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        if state.get("shape_key", shape_key) != shape_key or len(state["params"]) != len(params):
-            raise AAError("resume", f"{ckpt} was written with {state.get('shape_key')}, this job is {shape_key}",
-                          "resume with the same base, rank, --lora-targets and optimizer, or drop --resume")
+        self.cfg, self.base, self.ref, self.t = cfg, base, ref, tensors
+        self.unet, self.device = base.unet, base.unet.device
+        self.trainable, self.token_id = trainable, token_id
+        params = trainable.params
+        if cfg.lr == 0:  # textual inversion: the LoRA stays at zero (B = 0) and gets no gradient
+            for p in params:
+                p.requires_grad_(False)
+            params = []
+        if cfg.lora_form == "key-locked":
+            params = lock_keys(self.unet, trainable.targets, base, ref.caption, cfg)
+        self.pivot = IdentifierEmbedding(base.text_encoder, token_id) if cfg.identifier == "pivotal" else None
+        token_params = [self.pivot.vector] if self.pivot else []
+        self.opt = make_optimizer(params, cfg, token_params)
+        self.params = params + token_params  # what is clipped and checkpointed
+        self.regions = set_mask_guided_attention(self.unet, cfg.mask_attention_weight)
+        ckpt_on = cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else self.device.type == "cuda"
+        self.restore_ckpt = None
+        if ckpt_on:
+            from .checkpointing import enable_full_gradient_checkpointing
+
+            self.restore_ckpt = enable_full_gradient_checkpointing(self.unet)
+        self.use_prior = bool(tensors.bank)
+        self.separate_prior = self.use_prior and (cfg.separate_prior if cfg.separate_prior is not None else ckpt_on)
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
+                         else torch.autocast("cpu", enabled=False))
+        self.noise_scheduler = DDPMScheduler.from_config(base.scheduler_config)
+        self.losses: dict[str, list[float]] = {"stage1": [], "stage2": []}
+        self.done = {"stage1": 0, "stage2": 0}
+        self.ckpt = work / "checkpoint.pt"
+        # what shapes the trained tensors and their optimizer state: a checkpoint from other settings cannot continue
+        self.shape_key = {"base": base.fingerprint, "rank": cfg.rank, "lora_targets": list(cfg.lora_targets),
+                          "lora_reach": cfg.lora_reach, "lora_form": cfg.lora_form, "trainable": trainable.kind,
+                          "optimizer": cfg.optimizer, "identifier": cfg.identifier}
+        self.unet.train()
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def resume(self, log=print) -> None:
+        if not (self.cfg.resume and self.ckpt.is_file()):
+            return
+        state = torch.load(self.ckpt, map_location="cpu", weights_only=False)
+        if state.get("shape_key", self.shape_key) != self.shape_key or len(state["params"]) != len(self.params):
+            raise AAError("resume", f"{self.ckpt} was written with {state.get('shape_key')}, this job is "
+                          f"{self.shape_key}", "resume with the same base, rank, --lora-targets and optimizer, "
+                          "or drop --resume")
         with torch.no_grad():
-            for p, v in zip(params, state["params"]):
+            for p, v in zip(self.params, state["params"]):
                 p.copy_(v)
-        opt.load_state_dict(state["opt"])
-        losses, step0 = state["losses"], state["steps"]
-        log(f"resumed: stage1 {step0['stage1']}, stage2 {step0['stage2']}")
+        self.opt.load_state_dict(state["opt"])
+        self.losses, self.done = state["losses"], state["steps"]
+        log(f"resumed: stage1 {self.done['stage1']}, stage2 {self.done['stage2']}")
 
-    def save_checkpoint(steps):
-        with atomic_path(ckpt) as tmp:
-            torch.save({"params": [p.detach().cpu() for p in params], "opt": opt.state_dict(),
-                        "losses": losses, "steps": steps, "shape_key": shape_key}, tmp)
+    def save_checkpoint(self) -> None:
+        with atomic_path(self.ckpt) as tmp:
+            torch.save({"params": [p.detach().cpu() for p in self.params], "opt": self.opt.state_dict(),
+                        "losses": self.losses, "steps": self.done, "shape_key": self.shape_key}, tmp)
 
-    def one_step(stage: str, rng: np.random.Generator) -> float:
-        if stage == "stage1":  # frames as independent images: (B, C, 1, h, w)
+    # ----------------------------------------------------------------------------- one step
+    def instance_text(self, caption: str) -> torch.Tensor:
+        """The caption's text states (1, T, D): cached while the identifier is frozen, else through the encoder."""
+        if self.pivot is None:
+            return self.t.texts[caption]
+        te = self.base.text_encoder
+        return te(prompt_ids(self.base.tokenizer, caption).to(te.device))[0]
+
+    def loss_parts(self, stage: str, rng: np.random.Generator) -> list[LossPart]:
+        """The step's terms: the instance (background-weakening loss) and one prior video, for a batch of frames
+        (stage 1: (B, C, 1, h, w)) or one clip window (stage 2: (1, C, F, h, w))."""
+        cfg, t, n = self.cfg, self.t, len(self.t.latents)
+        if stage == "stage1":  # frames as independent images
             idx = rng.integers(0, n, cfg.image_batch)
             pick = lambda x: x[idx][:, :, None]  # noqa: E731  (F, C, h, w) → (B, C, 1, h, w)
-        else:  # one clip window: (1, C, F, h, w)
+        else:  # one clip window
             f = min(cfg.clip_frames, n)
             s = int(rng.integers(0, n - f + 1))
             idx = np.arange(s, s + f)
             pick = lambda x: x[idx].permute(1, 0, 2, 3)[None]  # noqa: E731  (F, C, h, w) → (1, C, F, h, w)
         # the reference or one of its composites (no draw without composites: the default stream is unchanged)
-        view_latents, view_caption = views[int(rng.integers(len(views)))] if len(views) > 1 else views[0]
-        z, p, fm = pick(view_latents), pick(pose_latents), pick(fore)
-        b, frames = z.shape[0], z.shape[2]
+        view_latents, view_caption = t.views[int(rng.integers(len(t.views)))] if len(t.views) > 1 else t.views[0]
+        z, p, fm = pick(view_latents), pick(t.pose_latents), pick(t.fore)
         fm_frames = fm.permute(0, 2, 1, 3, 4).flatten(0, 1)  # (B·F, 1, h, w), the UNet's frame order
-        parts = [LossPart(z, p, instance_text(view_caption), fm_frames, lambda pr, nz: background_weakening_loss(
-            pr, nz, fm.to(device), cfg.bw_alpha, cfg.identity_norm))]
-        if use_prior:
+        parts = [LossPart(z, p, self.instance_text(view_caption), fm_frames, lambda pr, nz: background_weakening_loss(
+            pr, nz, fm.to(self.device), cfg.bw_alpha, cfg.identity_norm))]
+        if self.use_prior:
             # one prior video per step, drawn from the bank (no draw with one video, so the default job's random
-            # stream is unchanged), with its own pose latents
-            j = int(rng.integers(len(bank))) if len(bank) > 1 else 0
-            prior_latents, prior_pose_latents, class_text = bank[j]
-            # one region (all ones): plain attention for the class samples
+            # stream is unchanged), with its own pose latents; one region (all ones): plain attention
+            j = int(rng.integers(len(t.bank))) if len(t.bank) > 1 else 0
+            prior_latents, prior_pose_latents, class_text = t.bank[j]
             parts.append(LossPart(pick(prior_latents), pick(prior_pose_latents), class_text,
                                   torch.ones_like(fm_frames),
                                   lambda pr, nz: cfg.prior_weight * prior_preservation_loss(pr, nz)))
-        # one batched forward, or (separate_prior) one forward + backward per part: same gradient, half the
-        # activation peak — what the sd15-4090 memory estimate assumes. Noise and timesteps are drawn once for all
-        # parts, as for the batch, so that splitting it into passes changes nothing but the float summation order.
+        return parts
+
+    def step(self, stage: str, rng: np.random.Generator) -> float:
+        """One optimisation step; returns the summed loss. One batched forward over the parts, or (separate_prior)
+        one forward + backward per part: same gradient, half the activation peak. Noise and timesteps are drawn once
+        for all parts, so splitting into passes changes nothing but the float summation order."""
+        parts = self.loss_parts(stage, rng)
+        b, frames = parts[0].latents.shape[0], parts[0].latents.shape[2]
         gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
-        all_noise = torch.randn((len(parts) * b, *z.shape[1:]), generator=gen).to(device)  # (P·B, C, F, h, w)
-        all_t = torch.from_numpy(rng.integers(0, T, len(parts) * b)).to(device)  # (P·B,)
-        groups = [[k] for k in range(len(parts))] if separate_prior else [list(range(len(parts)))]
+        shape = parts[0].latents.shape[1:]
+        all_noise = torch.randn((len(parts) * b, *shape), generator=gen).to(self.device)  # (P·B, C, F, h, w)
+        all_t = torch.from_numpy(rng.integers(0, self.noise_scheduler.config.num_train_timesteps,
+                                              len(parts) * b)).to(self.device)  # (P·B,)
+        groups = [[k] for k in range(len(parts))] if self.separate_prior else [list(range(len(parts)))]
         total = 0.0
         for ks in groups:
             group = [parts[k] for k in ks]
             rows = slice(ks[0] * b, (ks[-1] + 1) * b)  # the group's parts are consecutive
-            zz = torch.cat([g.latents for g in group]).to(device)
-            pp = torch.cat([g.pose_latents for g in group]).to(device)
-            emb = torch.cat([g.text.repeat(b * frames, 1, 1) for g in group]).to(device)
+            zz = torch.cat([g.latents for g in group]).to(self.device)
+            pp = torch.cat([g.pose_latents for g in group]).to(self.device)
+            emb = torch.cat([g.text.repeat(b * frames, 1, 1) for g in group]).to(self.device)
             noise, t = all_noise[rows], all_t[rows]
-            regions.masks = torch.cat([g.regions for g in group]).to(device)
-            with autocast:
-                pred = unet(torch.cat([noise_scheduler.add_noise(zz, noise, t), pp], 1), t,
-                            encoder_hidden_states=emb).sample
+            self.regions.masks = torch.cat([g.regions for g in group]).to(self.device)
+            with self.autocast:
+                pred = self.unet(torch.cat([self.noise_scheduler.add_noise(zz, noise, t), pp], 1), t,
+                                 encoder_hidden_states=emb).sample
             loss = sum(g.loss(pred[i * b:(i + 1) * b], noise[i * b:(i + 1) * b]) for i, g in enumerate(group))
             if loss.requires_grad:  # a prior pass has nothing to train when only the identifier embedding trains
                 loss.backward()
             total += float(loss.detach())
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if pivot is not None:
-            pivot.hold_norm()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        if self.pivot is not None:
+            self.pivot.hold_norm()
         return total
 
-    # 4. stage 1 (images, motion modules off), then stage 2 (clips, motion modules on)
-    t_train = time.time()
-    for stage, total in (("stage1", cfg.stage1_steps), ("stage2", cfg.stage2_steps)):
-        if step0[stage] >= total:
-            continue
-        bar = tqdm(range(step0[stage], total), initial=step0[stage], total=total, desc=stage, leave=False,
-                   disable=None)
-        ctx = motion_modules_off(unet) if stage == "stage1" else nullcontext()
-        with ctx:
-            for step in bar:
-                rng = np.random.default_rng([cfg.seed, 1 if stage == "stage1" else 2, step])
-                losses[stage].append(one_step(stage, rng))
-                step0[stage] = step + 1
-                bar.set_postfix(loss=f"{np.mean(losses[stage][-20:]):.4f}")
-                if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
-                    save_checkpoint(step0)
-        log(f"{stage}: {total} steps, loss {np.mean(losses[stage][-50:]) if losses[stage] else float('nan'):.4f}")
-    train_s = time.time() - t_train
-    if restore_ckpt is not None:  # undo in reverse order: the checkpoint wrappers rename the motion modules' attention
-        restore_ckpt()
-    reset_attention(unet, regions)
-    unet.eval()
-    if pivot is not None:
-        pivot.close()  # the trained vector into the table: the model in memory now reads the identifier as trained
-    embedding = (base.text_encoder.get_input_embeddings().weight[token_id].detach().cpu().reshape(1, -1)
-                 if token_id is not None else None)
+    # ----------------------------------------------------------------------------- both stages
+    def run(self, log=print) -> float:
+        """Stage 1 (images, motion modules off), then stage 2 (clips, motion modules on), from where a resumed
+        checkpoint left off; returns the training seconds."""
+        from tqdm.auto import tqdm
 
-    # 5. write the adapter (LoRA) or collect the full deltas (ablation), with the loss curve
-    summary = {"stages": {"stage1": {"steps": cfg.stage1_steps, "final_loss": _tail(losses["stage1"])},
-                          "stage2": {"steps": cfg.stage2_steps, "final_loss": _tail(losses["stage2"])}},
-               "train_seconds": round(train_s, 1), "frames": n, "resolution": res, "caption": caption,
-               "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()
-                            if k not in ("output", "work_dir", "cache_dir")},
-               "preprocess": {k: v for k, v in data.source.items() if k in ("pose_backend", "mask_backend", "captioner")}}
-    if cfg.full_unet:
-        return IdentityResult(None, summary, {}, base, appearance)
-    if cfg.full_attn2:
-        deltas = {}  # the trained projections minus the base's: reload the base to diff against
-        ref = load_base(cfg.base, cfg.motion_module, device="cpu").unet
-        for name in targets:
-            deltas[name] = (unet.get_submodule(name).weight.detach().cpu() - ref.get_submodule(name).weight)
-        return IdentityResult(None, summary, deltas, base, appearance)
-    A, B = lora_tensors(unet, targets)
-    scale = cfg.alpha / cfg.rank
-    deltas = {k: scale * (B[k].flatten(1) @ A[k].flatten(1)).reshape(B[k].shape[0], *A[k].shape[1:]) for k in A}
+        cfg, t0 = self.cfg, time.time()
+        for stage, total in (("stage1", cfg.stage1_steps), ("stage2", cfg.stage2_steps)):
+            if self.done[stage] >= total:
+                continue
+            bar = tqdm(range(self.done[stage], total), initial=self.done[stage], total=total, desc=stage,
+                       leave=False, disable=None)
+            with motion_modules_off(self.unet) if stage == "stage1" else nullcontext():
+                for step in bar:
+                    rng = np.random.default_rng([cfg.seed, 1 if stage == "stage1" else 2, step])
+                    self.losses[stage].append(self.step(stage, rng))
+                    self.done[stage] = step + 1
+                    bar.set_postfix(loss=f"{np.mean(self.losses[stage][-20:]):.4f}")
+                    if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
+                        self.save_checkpoint()
+            tail = np.mean(self.losses[stage][-50:]) if self.losses[stage] else float("nan")
+            log(f"{stage}: {total} steps, loss {tail:.4f}")
+        return time.time() - t0
+
+    def close(self) -> torch.Tensor | None:
+        """The UNet back to plain inference attention in eval mode; the trained identifier into the embedding table.
+        Returns the identifier's embedding (1, D) when it has a token of its own, else None."""
+        if self.restore_ckpt is not None:  # undo first: the checkpoint wrappers rename the motion modules' attention
+            self.restore_ckpt()
+        reset_attention(self.unet, self.regions)
+        self.unet.eval()
+        if self.pivot is not None:
+            self.pivot.close()  # the model in memory now reads the identifier as trained
+        if self.token_id is None:
+            return None
+        return self.base.text_encoder.get_input_embeddings().weight[self.token_id].detach().cpu().reshape(1, -1)
+
+
+def training_summary(cfg: IdentityTrainConfig, trainer: IdentityTrainer, ref: Reference, train_s: float) -> dict:
+    losses = trainer.losses
+    return {"stages": {"stage1": {"steps": cfg.stage1_steps, "final_loss": _tail(losses["stage1"])},
+                       "stage2": {"steps": cfg.stage2_steps, "final_loss": _tail(losses["stage2"])}},
+            "train_seconds": round(train_s, 1), "frames": len(ref.data.frames), "resolution": ref.resolution,
+            "caption": ref.caption, "trainable": trainer.trainable.kind,
+            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()
+                         if k not in ("output", "work_dir", "cache_dir")},
+            "preprocess": {k: v for k, v in ref.data.source.items()
+                           if k in ("pose_backend", "mask_backend", "captioner")}}
+
+
+def write_adapter(cfg: IdentityTrainConfig, trainer: IdentityTrainer, ref: Reference, summary: dict,
+                  embedding: torch.Tensor | None) -> Path:
+    """Step 5: the LoRA factors (and the identifier's embedding) with their metadata, and the loss curve."""
+    A, B = lora_tensors(trainer.unet, trainer.trainable.targets)
     meta = adapter_metadata(identifier=cfg.token, class_word=cfg.class_word, rank=cfg.rank, alpha=cfg.alpha,
-                            target_modules=cfg.target_pattern, base_fingerprint=base.fingerprint,
-                            bone_lengths=data.bone_lengths, training=summary, appearance=appearance)
+                            target_modules=cfg.target_pattern, base_fingerprint=trainer.base.fingerprint,
+                            bone_lengths=ref.data.bone_lengths, training=summary, appearance=ref.appearance)
     path = save_adapter(cfg.output, A, B, meta, embedding=embedding)
-    save_loss_curve(losses, cfg.output.with_suffix(".loss.png"))
-    if ckpt.is_file():
-        ckpt.unlink()
+    save_loss_curve(trainer.losses, cfg.output.with_suffix(".loss.png"))
+    return path
+
+
+# ------------------------------------------------------------------------------------------- entry point
+def train_identity(cfg: IdentityTrainConfig, log=print, *,
+                   trainable: Callable[[torch.nn.Module, IdentityTrainConfig], Trainable] = lora_parameters,
+                   reference: Callable[[Reference], Reference] | None = None) -> IdentityResult:
+    """Prepare the reference video, train both stages, write the adapter (+ loss curve and preview).
+    `trainable` picks what trains (default: the LoRA adapter; anything else writes no adapter file and leaves the
+    trained model in `result.base`), `reference` may change the prepared reference (benchmark ablations)."""
+    base, token_id = load_identity_base(cfg)                                   # 0. base (+ the identifier's token)
+    ref = prepare_reference(cfg, base, log)                                    # 1. frames, poses, masks, caption
+    if reference is not None:
+        ref = reference(ref)
+    work = Path(cfg.work_dir) if cfg.work_dir else cfg.output.with_suffix(".work")
+    work.mkdir(parents=True, exist_ok=True)  # only now: a video that fails step 1 leaves no folder behind
+    t0 = time.time()
+    tensors = encode_training_tensors(cfg, AnimatePipeline.from_base(base), ref, Path(cfg.cache_dir or work))
+    log(f"caches ready ({time.time() - t0:.1f}s)")                             # 2. latents, texts, prior videos
+    trainer = IdentityTrainer(cfg, base, ref, tensors, trainable(base.unet, cfg), token_id, work)  # 3. params
+    trainer.resume(log)
+    train_s = trainer.run(log)                                                 # 4. stage 1, stage 2
+    embedding = trainer.close()
+    summary = training_summary(cfg, trainer, ref, train_s)
+    if trainer.trainable.kind != "lora":
+        return IdentityResult(None, summary, base, ref.appearance)
+    path = write_adapter(cfg, trainer, ref, summary, embedding)               # 5. the adapter file
+    if trainer.ckpt.is_file():
+        trainer.ckpt.unlink()
     if cfg.work_dir is None and not any(work.iterdir()):
         work.rmdir()  # the default OUT.work folder only held the checkpoint
-    return IdentityResult(path, summary, deltas, base, appearance)
+    return IdentityResult(path, summary, base, ref.appearance)
 
 
 def _tail(values: list[float]) -> float | None:

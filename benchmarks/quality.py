@@ -87,15 +87,15 @@ VARIANTS = {  # ablations: what each changes in the identity job
     "no-bw-loss": {"bw_alpha": 1.0},
     "no-mask-attention": {"mask_attention_weight": 1.0},
     "one-stage": {"stage1_steps": 0, "stage2_steps": "total"},
-    "single-frame": {"single_frame": True},
-    "full-attn2": {"full_attn2": True},
+    "single-frame": {"reference": "one frame"},  # one reference frame instead of the video
+    "full-attn2": {"trainable": "attn2 projections"},  # the attn2 projections fine-tuned fully instead of LoRA
     "kv-only": {"lora_targets": ("to_k", "to_v")},  # LoRA on the text-side projections only (Custom Diffusion)
     # prior samples also from the class caption in the scenes that are neither the reference's nor a target's
     "prior-scenes": {"prior_prompts": "other scenes"},
     "no-prior": {"prior_weight": 0.0},  # no prior preservation: instance loss only
     # the oracle: every UNet weight fine-tuned on the reference with plain MSE, no prior, 800 + 200 steps — what the
     # base, sampler and judge can show of this person at all (not an adapter)
-    "oracle": {"full_unet": True, "bw_alpha": 1.0, "mask_attention_weight": 1.0, "prior_weight": 0.0, "lr": 1e-4,
+    "oracle": {"trainable": "every UNet weight", "bw_alpha": 1.0, "mask_attention_weight": 1.0, "prior_weight": 0.0, "lr": 1e-4,
                "optimizer": "adamw", "stage1_steps": 800, "stage2_steps": 200},
     "region-norm": {"identity_norm": "region"},  # eq. 1's means over each region instead of the frame
     "diverse-prior": DIVERSE_PRIOR,
@@ -265,6 +265,47 @@ def run_attention(scn: AttentionScenario, base_path: str | None) -> dict:
             "person_mean": {str(t): float(np.mean(v)) for t, v in person_entropy.items()}, "regions": regions}
 
 
+def one_reference_frame(ref):
+    """The single-frame ablation: the middle frame of the prepared reference alone."""
+    from dataclasses import replace
+
+    mid = len(ref.data.frames) // 2
+    keep = slice(mid, mid + 1)
+    return replace(ref, data=replace(ref.data, frames=ref.data.frames[keep], keypoints=ref.data.keypoints[keep],
+                                     masks=ref.data.masks[keep]))
+
+
+def attn2_projections(unet, cfg):
+    """The full-attn2 ablation: the spatial attn2 projections themselves trained instead of a LoRA on them."""
+    import re
+
+    from aa_train.identity import Trainable
+
+    unet.requires_grad_(False)
+    targets = [n for n, _ in unet.named_modules() if re.fullmatch(cfg.target_pattern, n)]
+    params = [p for n in targets for p in unet.get_submodule(n).parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    return Trainable(targets, params, "full-attn2")
+
+
+def every_unet_weight(unet, cfg):
+    """The oracle: every UNet weight trained (what the base, sampler and judge can show of this person at all)."""
+    from aa_train.identity import Trainable
+
+    unet.requires_grad_(True)
+    return Trainable([], list(unet.parameters()), "full-unet")
+
+
+STRATEGIES = {"reference": {"one frame": one_reference_frame},
+              "trainable": {"attn2 projections": attn2_projections, "every UNet weight": every_unet_weight}}
+
+
+def variant_hooks(variant: str) -> dict:
+    """train_identity's keyword hooks for a variant whose change is no config setting (`STRATEGIES`)."""
+    return {k: STRATEGIES[k][VARIANTS[variant][k]] for k in STRATEGIES if k in VARIANTS[variant]}
+
+
 def variant_settings(scn: IdentityScenario, variant: str, class_word: str, ref_scene: str) -> dict:
     """The identity job's settings for one variant: the scenario's steps, then VARIANTS' changes with their
     placeholders filled in."""
@@ -272,7 +313,7 @@ def variant_settings(scn: IdentityScenario, variant: str, class_word: str, ref_s
     from aa_world.captions import class_caption
     from aa_world.scenes import SCENES
 
-    changes = dict(VARIANTS[variant])
+    changes = {k: v for k, v in VARIANTS[variant].items() if k not in STRATEGIES}  # hooks: variant_hooks
     if changes.get("stage2_steps") == "total":
         changes["stage2_steps"] = scn.stage1_steps + scn.stage2_steps
     held_out = [s for s in SCENES if s != ref_scene and s not in scn.target_scenes]  # no target scene either
@@ -339,7 +380,8 @@ def _identity_job(scn: IdentityScenario, base_path: str | None, work: Path, k: i
                                   output=work / f"id{k}" / f"{variant}.safetensors", cache_dir=work / "cache",
                                   **variant_settings(scn, variant, cls, ref_scene), preview=False)
         t0 = time.time()
-        result = train_identity(cfg, log=lambda m: print(f"[id{k} {variant}] {m}", file=sys.stderr))
+        result = train_identity(cfg, log=lambda m: print(f"[id{k} {variant}] {m}", file=sys.stderr),
+                                **variant_hooks(variant))
         timings[variant] = time.time() - t0
         pipe = AnimatePipeline.from_base(result.base)  # the trained model in memory (LoRA attached)
         pipe.set_appearance("<me>", cls, result.appearance,  # as aa-run does with the adapter file

@@ -1,5 +1,6 @@
 """`aa-train identity` end to end on a tiny random base: only LoRA trains, the adapter is complete and usable."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -302,18 +303,36 @@ def test_prior_motions_drive_the_prior_videos_on_their_own_skeletons(tiny_bundle
 
 def test_full_unet_oracle_trains_every_weight_and_writes_no_adapter(tiny_bundle, reference, tmp_path):
     from aa_train.identity import IdentityTrainConfig, train_identity
+    from benchmarks.quality import every_unet_weight
 
     cfg = IdentityTrainConfig(video=reference, name="me", class_word="man", output=tmp_path / "o.safetensors",
                               base=str(tiny_bundle), stage1_steps=1, stage2_steps=1, image_batch=2, clip_frames=4,
-                              prior_weight=0.0, full_unet=True, optimizer="adamw", lr=1e-3,
-                              cache_dir=tmp_path / "cache")
-    result = train_identity(cfg, log=lambda *_: None)
+                              prior_weight=0.0, optimizer="adamw", lr=1e-3, cache_dir=tmp_path / "cache")
+    result = train_identity(cfg, log=lambda *_: None, trainable=every_unet_weight)
     fresh, state = load_base(tiny_bundle).unet.state_dict(), result.base.unet.state_dict()
     assert result.adapter is None and not (tmp_path / "o.safetensors").exists()
     assert not any("lora_" in k for k in state)
     moved = {k for k, v in state.items() if not torch.equal(v, fresh[k])}
     assert any("resnets" in k for k in moved) and any("attn1" in k for k in moved)
     assert any("motion_modules" in k for k in moved)  # stage 2 (motion modules on) trains them too
+
+
+def test_benchmark_ablation_hooks_train_what_they_name(tiny_bundle, reference, tmp_path):
+    """full-attn2: only the spatial attn2 projections move (no LoRA, no file); single-frame: one reference frame."""
+    from aa_train.identity import IdentityTrainConfig, train_identity
+    from benchmarks.quality import attn2_projections, one_reference_frame
+
+    cfg = IdentityTrainConfig(video=reference, name="me", class_word="man", output=tmp_path / "o.safetensors",
+                              base=str(tiny_bundle), stage1_steps=1, stage2_steps=1, image_batch=2, clip_frames=4,
+                              prior_weight=0.0, optimizer="adamw", lr=1e-2, cache_dir=tmp_path / "cache",
+                              preview=False)
+    result = train_identity(cfg, log=lambda *_: None, trainable=attn2_projections, reference=one_reference_frame)
+    fresh, state = load_base(tiny_bundle).unet.state_dict(), result.base.unet.state_dict()
+    moved = {k for k, v in state.items() if not torch.equal(v, fresh[k])}
+    assert result.adapter is None and moved and result.summary["trainable"] == "full-attn2"
+    assert all(re.search(r"attentions\.\d+\.transformer_blocks\.\d+\.attn2\.(to_q|to_k|to_v|to_out\.0)\.", k)
+               for k in moved)
+    assert result.summary["frames"] == 1
 
 
 def test_resume_continues_bit_for_bit(tiny_bundle, reference, tmp_path):

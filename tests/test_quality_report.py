@@ -84,7 +84,7 @@ def test_attention_report_probes_every_spatial_cross_attention(quality, tiny_bun
 
 
 def test_every_variant_gives_a_valid_identity_job(quality, tmp_path):
-    """Each ablation in VARIANTS builds an IdentityTrainConfig (no setting the config refuses), and the
+    """Each ablation in VARIANTS builds an IdentityTrainConfig (no setting the config refuses) plus its hooks, and the
     placeholders resolve: `one-stage` trains all steps on clips, `prior-scenes` holds out the reference's and the
     targets' scenes, `no-prior` turns the prior off."""
     from aa_train.identity import IdentityTrainConfig
@@ -110,6 +110,11 @@ def test_every_variant_gives_a_valid_identity_job(quality, tmp_path):
     for k, p in enumerate(diverse.prior_prompts):
         assert quality_verb(diverse.prior_motions[k % 3]) in p and not any(s in p for s in held_out)
     assert set(configs["composite"].composite_scenes) == set(SCENES) - held_out
+    # the ablations that are no setting of the product's config come as train_identity hooks
+    assert quality.variant_hooks("single-frame") == {"reference": quality.one_reference_frame}
+    assert quality.variant_hooks("full-attn2") == {"trainable": quality.attn2_projections}
+    assert quality.variant_hooks("oracle") == {"trainable": quality.every_unet_weight}
+    assert quality.variant_hooks("full") == {}
 
 
 def quality_verb(motion: str) -> str:
