@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -113,12 +114,51 @@ def export_unet_onnx(unet: torch.nn.Module, file: str | os.PathLike, shapes: UNe
     meta = {"aa_format": ONNX_FORMAT, "aa_shapes": json.dumps(asdict(shapes)), "aa_dynamic": json.dumps(dynamic),
             "aa_dtype": str(p.dtype).removeprefix("torch."), "aa_opset": str(opset),
             "aa_motion_max_seq_length": str(int(getattr(unet.config, "motion_max_seq_length", 32)))}
+    meta.update(overridable_initializers(unet, model, file.parent))
     meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()})
     del model.metadata_props[:]
     for k, v in sorted(meta.items()):
         model.metadata_props.add(key=k, value=v)
     _consolidate_external_data(model, file)
     return file
+
+
+def overridable_initializers(unet: torch.nn.Module, model, folder: Path) -> dict[str, str]:
+    """Where the spatial attn2 projection weights (what an identity adapter changes) live in the exported graph, so a
+    runtime can put another identity's merged weights in their place without re-exporting: metadata
+    `aa_overridable` = {module: {"initializer": name, "transposed": bool}} (found by value: the exporter folds each
+    Linear weight into an initializer of its own name, transposed for MatMul), and `aa_fixed_fingerprint` = the
+    fingerprint of every other UNet tensor (an override is only valid on the same base). Empty when a projection
+    cannot be found (e.g. shared or rewritten by the exporter)."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    from aa_runtime.adapters import SPATIAL_ATTN2
+    from aa_runtime.bundle import fingerprint_states
+
+    targets = {n: m.weight.detach().cpu().float().numpy() for n, m in unet.named_modules()
+               if re.fullmatch(SPATIAL_ATTN2, n)}
+    by_shape: dict[tuple, list] = {}
+    for t in model.graph.initializer:
+        by_shape.setdefault(tuple(t.dims), []).append(t)
+    found, used = {}, set()
+    for name, w in targets.items():
+        for transposed, shape in ((True, w.shape[::-1]), (False, w.shape)):
+            for t in by_shape.get(tuple(shape), []):
+                if t.name in used:
+                    continue
+                value = numpy_helper.to_array(t, base_dir=str(folder)).astype(np.float32)
+                if np.array_equal(value, w.T if transposed else w):
+                    found[name] = {"initializer": t.name, "transposed": transposed}
+                    used.add(t.name)
+                    break
+            if name in found:
+                break
+        else:
+            return {}
+    keys = {f"{n}.weight" for n in found}
+    fixed = fingerprint_states({k: v for k, v in unet.state_dict().items() if k not in keys})
+    return {"aa_overridable": json.dumps(found, sort_keys=True), "aa_fixed_fingerprint": fixed}
 
 
 def _consolidate_external_data(model, file: Path) -> None:

@@ -78,13 +78,17 @@ def _ort():
     return onnxruntime
 
 
-def ort_session(path: str | os.PathLike, device: str | torch.device = "cpu", threads: int | None = None):
+def ort_session(path: str | os.PathLike, device: str | torch.device = "cpu", threads: int | None = None,
+                initializers: dict | None = None):
     """An onnxruntime session: CUDA EP when `device` is CUDA (needs onnxruntime-gpu), else CPU EP with
-    `threads` (default: torch's) intra-op threads and no spinning (it shares the cores with torch)."""
+    `threads` (default: torch's) intra-op threads and no spinning (it shares the cores with torch).
+    `initializers` (name → OrtValue, kept alive by the caller) replace the file's initializers of those names."""
     ort = _ort()
     device = torch.device(device)
     require_ort_provider(device)
     so = ort.SessionOptions()
+    for name, value in (initializers or {}).items():
+        so.add_initializer(name, value)
     so.intra_op_num_threads = threads or torch.get_num_threads()
     so.inter_op_num_threads = 1
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -110,8 +114,10 @@ _NP_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
 
 
 class OnnxRuntimeBackend:
-    """onnxruntime over an .onnx file from `aa-export onnx`. Given the pipeline's `unet`, refuses a file exported
-    from other weights (e.g. without the identity adapter the UNet has merged)."""
+    """onnxruntime over an .onnx file from `aa-export onnx`. Given the pipeline's `unet`, the file must hold its
+    weights: exported from the same UNet, or from the same base with other spatial attn2 projection weights (another
+    identity adapter, or none), which are then replaced in the session by the UNet's own (`aa_overridable`), so one
+    export serves every identity. Anything else is refused."""
 
     name = "onnxruntime"
 
@@ -120,22 +126,39 @@ class OnnxRuntimeBackend:
         self.device = torch.device(device)
         require_ort_provider(self.device)
         self.path = require_file(onnx_path, "ONNX model", "export one with `aa-export onnx -o unet.onnx` (with the "
-                                 "same --base and --adapter as the run)")
+                                 "same --base as the run)")
         self.unet = unet
-        self.session = ort_session(self.path, self.device, threads)
-        self._check_matches_unet(self.session)
+        self._overrides = self._weights_from_unet()  # name → OrtValue, alive as long as the session
+        self.session = ort_session(self.path, self.device, threads, self._overrides)
 
-    def _check_matches_unet(self, session) -> None:
-        """Refuse an ONNX exported from other weights than the pipeline's UNet (e.g. without the adapter)."""
-        from .bundle import fingerprint
+    def _weights_from_unet(self) -> dict:
+        """The initializers to replace with the pipeline UNet's weights ({} when the file already holds them)."""
+        import numpy as np
+        import onnx
 
-        meta = session.get_modelmeta().custom_metadata_map
-        if self.unet is None or "aa_unet_fingerprint" not in meta:
-            return
-        fp = fingerprint(self.unet)
-        if meta["aa_unet_fingerprint"] != fp:
+        from .bundle import fingerprint, fingerprint_states
+
+        try:
+            meta = {p.key: p.value for p in onnx.load(str(self.path), load_external_data=False).metadata_props}
+        except Exception:  # not an ONNX file: ort_session gives the one-line error
+            return {}
+        if self.unet is None or "aa_unet_fingerprint" not in meta or meta["aa_unet_fingerprint"] == fingerprint(
+                self.unet):
+            return {}
+        where = json.loads(meta.get("aa_overridable", "{}"))
+        keys = {f"{n}.weight" for n in where}
+        fixed = fingerprint_states({k: v for k, v in self.unet.state_dict().items() if k not in keys})
+        if not where or meta.get("aa_fixed_fingerprint") != fixed:
             raise AAError("ONNX model", f"{self.path} was exported from UNet weights {meta['aa_unet_fingerprint']}, "
-                          f"this pipeline's UNet is {fp}", "re-export with the same --base and --adapter")
+                          f"this pipeline's UNet is {fingerprint(self.unet)} beyond the identity adapter's layers",
+                          "export the same --base (adapters on the spatial cross-attention need no re-export)")
+        dtype = np.float16 if meta.get("aa_dtype") == "float16" else np.float32
+        out = {}
+        for module, at in where.items():
+            w = self.unet.get_submodule(module).weight.detach().cpu().float().numpy()
+            w = np.ascontiguousarray(w.T if at["transposed"] else w, dtype=dtype)
+            out[at["initializer"]] = _ort().OrtValue.ortvalue_from_numpy(w)
+        return out
 
     # ----------------------------------------------------------------------------- call
     def _check_shapes(self, session, feeds: dict[str, torch.Tensor]) -> None:

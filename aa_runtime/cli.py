@@ -50,7 +50,8 @@ from .schedulers import SCHEDULERS
               help="Weights dtype (auto: float16 on CUDA, float32 on CPU).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="torch",
               show_default=True, help="How the UNet runs.")
-@click.option("--onnx", default=None, help="Exported UNet (.onnx for onnxruntime, .plan for tensorrt).")
+@click.option("--onnx", default=None, help="Exported UNet: .onnx from aa-export onnx (any identity of that base) for "
+              "onnxruntime, .plan for tensorrt.")
 @click.option("--no-gif", is_flag=True, help="Do not write the gif.")
 @click.option("-o", "--output", default="out/aa-run.mp4", show_default=True, type=click.Path(path_type=Path),
               help="Output mp4; OUT.gif, OUT.preview.mp4 and OUT.json are written beside it.")

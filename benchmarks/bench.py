@@ -19,7 +19,8 @@ def _csv(value: str | None) -> tuple[str, ...]:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 def main():
-    """Benchmarks: `throughput` (UNet per backend) and `memory` (one identity-training step)."""
+    """Benchmarks: `throughput` (UNet per backend), `memory` (one identity-training step), `swap` (another identity
+    on one ONNX export)."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch's OpenMP starts: before any torch import
     quiet_libraries()
 
@@ -104,6 +105,24 @@ def memory_cmd(height, width, frames, rank, modes, no_measure, no_estimate, out_
         click.echo(f"measured {m['model']} on {m['device']}: peak {m['peak_bytes'] / 2 ** 30:.3f} GiB, step "
                    f"+{m['step_increase_bytes'] / 2 ** 30:.3f} GiB")
     click.echo(f"written: {(cfg.out_dir / 'memory.json')} and .md")
+
+
+@main.command("swap")
+@click.option("--models", default="aa-tiny,sd15", show_default=True, help="aa-tiny (the shipped base), sd15 (random "
+              "SD1.5-shaped, ~6 GB of RAM).")
+@click.option("--repeats", type=int, default=3, show_default=True, help="Identities per model.")
+@click.option("-o", "--out-dir", type=click.Path(path_type=Path), default=None,
+              help="Where identity_swap.json/.md go [default: benchmarks/results].")
+def swap_cmd(models, repeats, out_dir):
+    """Another identity on onnxruntime: one base export with the attn2 weights replaced vs a re-export."""
+    from benchmarks.identity_swap import RESULTS_DIR, SCENARIOS, run_identity_swap
+
+    names = _csv(models)
+    bad = [m for m in names if m not in SCENARIOS]
+    if bad or not names or repeats < 1:
+        fail(AAError("--models/--repeats", f"{models}/{repeats}", f"use some of {', '.join(SCENARIOS)} and ≥ 1"))
+    run_identity_swap(names, repeats, out_dir or RESULTS_DIR)
+    click.echo(f"written: {(out_dir or RESULTS_DIR) / 'identity_swap.json'} and .md")
 
 
 if __name__ == "__main__":

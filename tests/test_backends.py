@@ -56,11 +56,13 @@ def test_onnxruntime_samples_the_same_frames_as_torch(pipe, poses, tmp_path):
 def test_onnxruntime_refuses_a_file_from_other_weights(pipe, tmp_path):
     shapes = unet_shapes_for(pipe.unet, batch=2, frames=4, height=16, width=16,
                              text_len=int(pipe.tokenizer.model_max_length))
-    path = export_unet_onnx(pipe.unet, tmp_path / "unet.onnx", shapes, metadata={"aa_unet_fingerprint": "0" * 16})
+    path = export_unet_onnx(pipe.unet, tmp_path / "unet.onnx", shapes,  # as if from another base
+                            metadata={"aa_unet_fingerprint": "0" * 16, "aa_fixed_fingerprint": "0" * 16})
     with pytest.raises(AAError) as e:
         make_backend("onnxruntime", pipe.unet, onnx_path=path)
     assert one_line(e) == (f"ONNX model: {path} was exported from UNet weights {'0' * 16}, this pipeline's UNet is "
-                           f"{fingerprint(pipe.unet)} — re-export with the same --base and --adapter")
+                           f"{fingerprint(pipe.unet)} beyond the identity adapter's layers — export the same --base "
+                           "(adapters on the spatial cross-attention need no re-export)")
 
 
 def one_line(exc: pytest.ExceptionInfo) -> str:
@@ -85,7 +87,7 @@ def test_selection_errors_are_one_line(tiny_base, tmp_path, monkeypatch):
     with pytest.raises(AAError) as e:
         make_backend("onnxruntime", tiny_base.unet, onnx_path=missing)
     assert one_line(e) == (f"ONNX model: {missing} does not exist — export one with `aa-export onnx -o unet.onnx` "
-                           "(with the same --base and --adapter as the run)")
+                           "(with the same --base as the run)")
     with pytest.raises(AAError) as e:
         make_backend("onnxruntime", tiny_base.unet)
     assert one_line(e) == ("--onnx: not given for the onnxruntime backend — export the UNet with `aa-export onnx -o "

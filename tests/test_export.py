@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,8 +102,40 @@ def test_adapter_export_differs_from_base_export(base_export, adapter_export, ti
     base_out = OnnxRuntimeBackend(base_export.onnx)(*inputs)
     adapter_out = OnnxRuntimeBackend(adapter_export.onnx)(*inputs)
     assert (adapter_out - base_out).abs().max().item() > 1e-2  # the adapter changes the exported UNet
-    with pytest.raises(AAError, match="was exported from UNet weights"):
-        OnnxRuntimeBackend(adapter_export.onnx, unet=tiny_base.unet)  # refuses the unmerged UNet
+    # the adapter's export given the plain base UNet: its attn2 weights are put back, so it runs the base
+    back = OnnxRuntimeBackend(adapter_export.onnx, unet=tiny_base.unet)(*inputs)
+    assert (back - base_out).abs().max().item() <= TOL
+
+
+def test_one_export_serves_every_identity_without_re_export(base_export, adapter_export, adapter_file, tiny_base,
+                                                             tmp_path):
+    """The base's export, given a UNet with an adapter merged, runs that UNet: its spatial attn2 weights replace
+    the file's in the session. Equal to a fresh export of the merged UNet and to eager PyTorch within 1e-4, for two
+    different adapters; a UNet that differs elsewhere is refused in one line."""
+    from aa_runtime.adapters import load_adapter, merge_adapter
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_adapters import random_adapter
+
+    other = random_adapter(tiny_base.unet, tmp_path / "other.safetensors", tiny_base.fingerprint, scale=0.3, seed=9)
+    s = base_export.shapes
+    inputs = s.example_inputs(seed=11)
+    fresh = OnnxRuntimeBackend(adapter_export.onnx)(*inputs)  # the merged UNet exported on its own
+    outs = []
+    for path in (adapter_file, other):
+        merged = copy.deepcopy(tiny_base.unet)
+        merge_adapter(merged, load_adapter(path), base_fingerprint=tiny_base.fingerprint)
+        out = OnnxRuntimeBackend(base_export.onnx, unet=merged)(*inputs)
+        assert (out - unet_out(merged, inputs)).abs().max().item() <= TOL
+        outs.append(out)
+    assert (outs[0] - fresh).abs().max().item() <= TOL
+    assert (outs[0] - outs[1]).abs().max().item() > 1e-2  # two identities, two outputs, one file
+    changed = copy.deepcopy(tiny_base.unet)
+    with torch.no_grad():
+        changed.conv_in.weight.add_(0.01)
+    with pytest.raises(AAError) as e:
+        OnnxRuntimeBackend(base_export.onnx, unet=changed)
+    assert "\n" not in str(e.value) and "beyond the identity adapter's layers" in str(e.value)
 
 
 def test_failed_parity_leaves_no_onnx(tiny_bundle, tmp_path):
