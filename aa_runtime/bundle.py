@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import AAError, short_repr
 from .files import atomic_dir
-from .schedulers import SCHEDULERS, make_scheduler
+from .schedulers import CONSISTENCY, ORIGINAL_STEPS, SCHEDULERS, make_scheduler
 from .tokenizer import load_clip_tokenizer
 
 BUNDLE_FORMAT = "aa-bundle/1"
@@ -228,11 +228,13 @@ def load_tokenizer(folder: Path, fix: str):
 
 
 def read_scheduler_config(folder: Path, steps: int) -> dict:
-    """The scheduler config, checked by building every scheduler on it for `steps` steps."""
+    """The scheduler config, checked by building every scheduler on it for `steps` steps (at most the consistency
+    schedulers' own limit)."""
     file, fix = folder / "scheduler_config.json", "copy scheduler/scheduler_config.json from the model"
     config = _read_json(file, "scheduler", fix)
     for name in SCHEDULERS:
-        _build(lambda: make_scheduler(name, config).set_timesteps(steps), "scheduler", file, fix)
+        n = min(steps, ORIGINAL_STEPS) if name in CONSISTENCY else steps
+        _build(lambda: make_scheduler(name, config).set_timesteps(n), "scheduler", file, fix)
     return config
 
 

@@ -15,7 +15,7 @@ from .backends import TorchBackend, UNetBackend
 from .bundle import BaseModel, SampleDefaults
 from .errors import AAError
 from .poses import PoseSequence, fit_poses, render_skeletons, resample_poses, retarget
-from .schedulers import SCHEDULERS, make_scheduler
+from .schedulers import CONSISTENCY, ORIGINAL_STEPS, SCHEDULERS, make_scheduler
 
 
 @dataclass
@@ -166,6 +166,8 @@ class AnimatePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             raise AAError("guidance", guidance, "use a guidance scale between 1 (off) and 50")
         if scheduler not in SCHEDULERS:
             raise AAError("scheduler", repr(scheduler), f"use one of {', '.join(SCHEDULERS)}")
+        if scheduler in CONSISTENCY and steps > ORIGINAL_STEPS:
+            raise AAError("steps", steps, f"the {scheduler} scheduler runs 1 to {ORIGINAL_STEPS} steps (4 is typical)")
         max_window = int(self.unet.config.motion_max_seq_length)
         if not 1 <= window <= max_window:
             raise AAError("window", window, f"use 1 to {max_window} frames (the motion modules' length)")
@@ -272,10 +274,12 @@ class AnimatePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         # 4. denoise over overlapping windows
         t2 = time.perf_counter()
         windows = context_windows(num_frames, window, overlap)
+        # the consistency schedulers add fresh noise between steps: from a CPU generator of their own, seeded
+        step_kw = {"generator": torch.Generator("cpu").manual_seed(seed + 1)} if scheduler_name in CONSISTENCY else {}
         for t in self.progress_bar(sched.timesteps) if progress else sched.timesteps:
             x = sched.scale_model_input(latents, t)
             eps = self.predict_noise(x, pose_latents, t, text, uncond, guidance, windows)
-            latents = sched.step(eps, t, latents, return_dict=False)[0]
+            latents = sched.step(eps, t, latents, return_dict=False, **step_kw)[0]
         timings["denoise_s"] = time.perf_counter() - t2
         timings["unet_evals"] = steps * len(windows) * (2 if guidance > 1 else 1)
 

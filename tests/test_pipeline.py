@@ -99,10 +99,12 @@ class OracleDenoiser:
         return eps.float()
 
 
-@pytest.mark.parametrize("scheduler", ["ddim", "dpm++", "euler"])
+@pytest.mark.parametrize("scheduler", ["ddim", "dpm++", "euler", "euler-trailing", "lcm", "tcd"])
 def test_each_scheduler_reaches_the_clean_latents_given_the_exact_noise(pipe, poses, scheduler):
     """With a denoiser that predicts the exact noise, every sampler must land on the clean latents: DPM-Solver++ and
-    Euler end at σ = 0, so on x0 itself; DDIM (η = 0) keeps the starting noise direction ε and ends at ᾱ_0 (the
+    Euler (leading or trailing timesteps) end at σ = 0, so on x0 itself; LCM predicts x0 at every step and re-noises
+    only towards the next one, so it ends on it too (its boundary weight on the input is ~1e-7 at the last timestep);
+    TCD's last step, like DDIM's, lands on ᾱ_0 with the noise direction of its last input; DDIM (η = 0) keeps the starting noise direction ε and ends at ᾱ_0 (the
     config has set_alpha_to_one = false), i.e. on √ᾱ_0·x0 + √(1 − ᾱ_0)·ε with ε from the initial noise x_T at the
     first timestep, 1000 // 8 · 7 + 1 = 876 (leading spacing, offset 1). The first model input must be the
     variance-preserving x_t = √ᾱ_t·x0 + √(1 − ᾱ_t)·noise whatever the sampler's own parametrisation (init noise
@@ -124,6 +126,11 @@ def test_each_scheduler_reaches_the_clean_latents_given_the_exact_noise(pipe, po
         acp = oracle.acp.float()
         x_t = initial_noise(x0.shape, 9)  # DDIM's init noise sigma is 1
         eps = (x_t - acp[876].sqrt() * x0) / (1 - acp[876]).sqrt()
+        expected = acp[0].sqrt() * x0 + (1 - acp[0]).sqrt() * eps
+    elif scheduler == "tcd":
+        acp = oracle.acp.float()
+        t_last, x_last = oracle.calls[-1][0], oracle.calls[-1][1][:1]  # the CFG pair is one input; no rescaling
+        eps = (x_last - acp[t_last].sqrt() * x0) / (1 - acp[t_last]).sqrt()
         expected = acp[0].sqrt() * x0 + (1 - acp[0]).sqrt() * eps
     else:
         expected = x0
@@ -197,3 +204,21 @@ def test_initial_noise_mixes_a_shared_frame_noise_with_unit_variance():
 def test_noise_correlation_out_of_range_is_one_clear_error(pipe):
     with pytest.raises(AAError, match="noise correlation"):
         pipe("a man", PoseSequence(stick_figure(2), 64, 64, 8), num_frames=2, num_inference_steps=1, noise_correlation=1.0, progress=False)
+
+
+@pytest.mark.parametrize("scheduler", ["lcm", "tcd"])
+def test_consistency_schedulers_renoise_from_the_seed(pipe, poses, scheduler):
+    """LCM and TCD draw fresh noise between steps: from the seed's own generator, so the same seed repeats the video
+    exactly (same process, same threads) and another seed changes more than the initial noise would alone."""
+    def run(seed):
+        return pipe("a man", poses, scheduler=scheduler, seed=seed, guidance_scale=1.0, **FAST).frames
+
+    a, b = run(4), run(4)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, run(5))
+
+
+def test_consistency_schedulers_refuse_more_steps_than_their_schedule(pipe, poses):
+    with pytest.raises(AAError) as e:
+        pipe("a man", poses, scheduler="lcm", num_inference_steps=60, progress=False)
+    assert str(e.value) == "steps: 60 — the lcm scheduler runs 1 to 50 steps (4 is typical)"
