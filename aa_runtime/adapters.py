@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -364,3 +365,45 @@ def merge_adapter(unet: torch.nn.Module, adapter: Adapter, *, base_fingerprint: 
         configs.pop(adapter_name, None)
         if not configs:
             del unet.peft_config
+
+
+def parse_lora_spec(spec: str) -> tuple[Path, float]:
+    """'PATH' or 'PATH:WEIGHT' (as `aa-run --lora` takes it) → (path, weight); weight 1 by default."""
+    path, _, weight = spec.rpartition(":")
+    if path and not Path(spec).exists():
+        try:
+            return Path(path), float(weight)
+        except ValueError:
+            pass
+    return Path(spec), 1.0
+
+
+def merge_lora(unet: torch.nn.Module, path: str | os.PathLike, weight: float = 1.0, name: str = "lora") -> int:
+    """Fold a LoRA made for the Stable Diffusion 1.5 UNet into `unet` at `weight` — kohya or diffusers/peft naming,
+    e.g. LCM-LoRA or AnimateLCM's spatial LoRA (few-step sampling) — through diffusers' LoRA loader and peft's safe
+    fuse, then drop the LoRA layers. Returns how many layers it changed."""
+    from diffusers import StableDiffusionPipeline
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    path = Path(path)
+    fix = "pass a LoRA .safetensors made for Stable Diffusion 1.5 (kohya or diffusers naming)"
+    if not path.is_file():
+        raise AAError("lora", f"{path} does not exist", fix)
+    if not (isinstance(weight, (int, float)) and math.isfinite(weight) and -4 <= weight <= 4):
+        raise AAError("lora weight", weight, "use a number from -4 to 4, e.g. --lora fast.safetensors:1.0")
+    try:
+        state, alphas = StableDiffusionPipeline.lora_state_dict(str(path))
+        unet.load_lora_adapter(state, prefix="unet", network_alphas=alphas, adapter_name=name)
+    except Exception as e:  # safetensors, diffusers' converters and peft raise many kinds on a foreign file
+        raise AAError("lora", f"{path} could not be read as a UNet LoRA ({type(e).__name__}: "
+                      f"{str(e).strip().splitlines()[0][:100] if str(e).strip() else ''})", fix) from None
+    layers = sum(isinstance(m, BaseTunerLayer) for m in unet.modules())
+    if layers == 0:
+        raise AAError("lora", f"{path} names no layer of this UNet", fix)
+    try:
+        unet.fuse_lora(lora_scale=weight, safe_fusing=True, adapter_names=[name])
+    except ValueError as e:
+        raise AAError("lora", f"{path}: fusing gives non-finite weights ({str(e)[:80]})", "the LoRA is broken") from None
+    finally:
+        unet.unload_lora()
+    return layers

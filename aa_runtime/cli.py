@@ -22,6 +22,8 @@ from .schedulers import SCHEDULERS
 @click.option("--adapter", default=None, help="Identity adapter .safetensors from aa-train identity.")
 @click.option("--adapter-scale", type=float, default=1.0, show_default=True,
               help="The adapter's weight in the merge: 0 = base only, 1 = as trained.")
+@click.option("--lora", "loras", multiple=True, metavar="PATH[:WEIGHT]",
+              help="Another Stable Diffusion 1.5 LoRA to fold in (repeatable), e.g. a few-step LCM-LoRA.")
 @click.option("--force", is_flag=True, help="Merge an adapter made for another base anyway.")
 @click.option("--no-describe", is_flag=True,
               help="Use the prompt as written: do not write the adapter's trained appearance in after <NAME> CLASS.")
@@ -55,14 +57,14 @@ from .schedulers import SCHEDULERS
 @click.option("--no-gif", is_flag=True, help="Do not write the gif.")
 @click.option("-o", "--output", default="out/aa-run.mp4", show_default=True, type=click.Path(path_type=Path),
               help="Output mp4; OUT.gif, OUT.preview.mp4 and OUT.json are written beside it.")
-def main(prompt, negative_prompt, base, motion_module, adapter, adapter_scale, force, no_describe, no_retarget, pose,
-         pose_backend, motion, pose_fit, frames, fps, height, width, steps, guidance, scheduler, seed, noise_correlation,
-         window, overlap, device, dtype, backend, onnx, no_gif, output):
+def main(prompt, negative_prompt, base, motion_module, adapter, adapter_scale, loras, force, no_describe, no_retarget,
+         pose, pose_backend, motion, pose_fit, frames, fps, height, width, steps, guidance, scheduler, seed,
+         noise_correlation, window, overlap, device, dtype, backend, onnx, no_gif, output):
     """Generate a video of PROMPT, moving as the --pose video or the built-in --motion says."""
     quiet_libraries()
     try:
         cfg = RunConfig(prompt=prompt, output=output, base=base, motion_module=motion_module, adapter=adapter,
-                        adapter_scale=adapter_scale, force=force, describe=not no_describe, retarget=not no_retarget,
+                        adapter_scale=adapter_scale, loras=loras, force=force, describe=not no_describe, retarget=not no_retarget,
                         negative_prompt=negative_prompt, pose=pose, pose_backend=pose_backend, motion=motion,
                         pose_fit=pose_fit, frames=frames, fps=fps, height=height, width=width, steps=steps,
                         guidance=guidance, scheduler=scheduler, seed=seed, noise_correlation=noise_correlation,

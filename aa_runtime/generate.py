@@ -21,6 +21,7 @@ class RunConfig:
     motion_module: str | None = None
     adapter: str | None = None
     adapter_scale: float = 1.0  # the adapter's weight in the merge (diffusers' lora_scale)
+    loras: tuple[str, ...] = ()  # other SD1.5 LoRAs, 'PATH' or 'PATH:WEIGHT' (e.g. a few-step LCM-LoRA)
     force: bool = False
     describe: bool = True  # write an adapter's trained appearance into the prompt
     retarget: bool = True
@@ -77,7 +78,7 @@ class RunConfig:
 def run(cfg: RunConfig, warn=lambda message: print(message, file=sys.stderr)) -> dict[str, Path]:
     """Load the base, merge the adapter, get poses, sample, and write mp4 + gif + preview + JSON sidecar; returns
     the written paths by kind. `warn` receives warnings meant for the user (an untrained base)."""
-    from .adapters import load_adapter
+    from .adapters import load_adapter, parse_lora_spec
     from .model import load_base
     from .pipeline import AnimatePipeline
     from .pose_sources import load_pose_source, motion_poses
@@ -85,6 +86,10 @@ def run(cfg: RunConfig, warn=lambda message: print(message, file=sys.stderr)) ->
 
     device, dtype = resolve_device(cfg.device, cfg.dtype)
     adapter = load_adapter(cfg.adapter) if cfg.adapter else None  # check inputs before the slow load
+    loras = [parse_lora_spec(spec) for spec in cfg.loras]
+    for path, _ in loras:
+        if not path.is_file():
+            raise AAError("lora", f"{path} does not exist", "pass a LoRA .safetensors, optionally PATH:WEIGHT")
     pose_seq = load_pose_source(cfg.pose, cfg.pose_backend) if cfg.pose else None
     base = load_base(cfg.base, cfg.motion_module, device=device, dtype=dtype)
     if base.untrained_unet:
@@ -94,6 +99,8 @@ def run(cfg: RunConfig, warn=lambda message: print(message, file=sys.stderr)) ->
     pipe = AnimatePipeline.from_base(base)
     if adapter is not None:
         pipe.set_identity(adapter, force=cfg.force, describe=cfg.describe, scale=cfg.adapter_scale)
+    for path, weight in loras:
+        pipe.add_lora(path, weight)
     if cfg.backend != "torch":
         from .backends import make_backend
 
@@ -131,7 +138,8 @@ def run(cfg: RunConfig, warn=lambda message: print(message, file=sys.stderr)) ->
         "base": base.source, "base_fingerprint": base.fingerprint,
         "adapter": str(cfg.adapter) if cfg.adapter else None,
         "adapter_sha256": adapter.sha256 if adapter else None,
-        "adapter_scale": cfg.adapter_scale if adapter else None, "retarget": cfg.retarget and adapter is not None,
+        "adapter_scale": cfg.adapter_scale if adapter else None,
+        "loras": [{"path": p, "weight": w} for p, w in pipe.loras], "retarget": cfg.retarget and adapter is not None,
         "backend": pipe.backend.name, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
         "timings": {k: round(v, 4) if isinstance(v, float) else v for k, v in out.timings.items()},
         "versions": _versions(),

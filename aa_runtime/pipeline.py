@@ -86,6 +86,7 @@ class AnimatePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         self.defaults = SampleDefaults()
         self.backend: UNetBackend = TorchBackend(unet)
         self.identity = None  # the merged identity adapter, if any (aa_runtime.adapters.Adapter)
+        self.loras: list[tuple[str, float]] = []  # other LoRAs folded in (path, weight), e.g. few-step
         # (identifier, class word, appearance, keep the identifier) written into prompts naming the identity
         self.appearance: tuple[str, str, str, bool] | None = None
 
@@ -127,6 +128,17 @@ class AnimatePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
                                 keep_identifier=adapter.embedding is not None)
         if isinstance(self.backend, TorchBackend):
             self.backend = TorchBackend(self.unet)
+
+    def add_lora(self, path, weight: float = 1.0) -> int:
+        """Fold a Stable Diffusion 1.5 LoRA (e.g. a few-step LCM-LoRA) into the UNet at `weight`; any number, before
+        or after the identity. Returns the layers it changed."""
+        from .adapters import merge_lora
+
+        layers = merge_lora(self.unet, path, weight, name=f"lora{len(self.loras)}")
+        self.loras.append((str(path), float(weight)))
+        if isinstance(self.backend, TorchBackend):
+            self.backend = TorchBackend(self.unet)
+        return layers
 
     def set_appearance(self, identifier: str, class_word: str, appearance: str | None, *,
                        keep_identifier: bool = False) -> None:

@@ -308,3 +308,65 @@ def test_adapter_appearance_metadata_is_checked(tmp_path):
         else:
             with pytest.raises(AAError, match="adapter metadata appearance"):
                 load_adapter(path)
+
+
+def _lora_file(unet, path, kohya: bool, seed=0):
+    """A rank-4 SD1.5-style LoRA on a few spatial attention and feed-forward Linears, in kohya naming
+    (lora_unet_..., lora_down/lora_up, alpha 2) or diffusers/peft naming (unet.<module>.lora_A/B, alpha = rank)."""
+    import re
+
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    names = [n for n, m in unet.named_modules() if isinstance(m, torch.nn.Linear) and "motion" not in n
+             and re.search(r"transformer_blocks\.\d+\.(attn1\.to_q|attn2\.to_v|ff\.net\.2)$", n)]
+    sd, factors = {}, {}
+    for n in names:
+        m = unet.get_submodule(n)
+        down, up = torch.randn(4, m.in_features, generator=g) * 0.1, torch.randn(m.out_features, 4, generator=g) * 0.1
+        if kohya:
+            k = "lora_unet_" + n.replace(".", "_")
+            sd |= {f"{k}.lora_down.weight": down, f"{k}.lora_up.weight": up, f"{k}.alpha": torch.tensor(2.0)}
+            factors[n] = (down, up, 2.0 / 4)
+        else:
+            sd |= {f"unet.{n}.lora_A.weight": down, f"unet.{n}.lora_B.weight": up}
+            factors[n] = (down, up, 1.0)
+    save_file(sd, str(path))
+    return factors
+
+
+@pytest.mark.parametrize("kohya", [True, False])
+def test_merge_lora_folds_an_sd15_lora_at_its_weight(tiny_base, tmp_path, kohya):
+    """W ← W + weight · (alpha / r) · up · down on every named layer, computed here; no LoRA layer is left."""
+    import copy
+
+    from aa_runtime.adapters import merge_lora
+
+    unet = copy.deepcopy(tiny_base.unet)
+    factors = _lora_file(unet, tmp_path / "fast.safetensors", kohya)
+    before = {n: unet.get_submodule(n).weight.detach().clone() for n in factors}
+    assert merge_lora(unet, tmp_path / "fast.safetensors", 0.5) == len(factors)
+    for n, (down, up, scale) in factors.items():
+        torch.testing.assert_close(unet.get_submodule(n).weight, before[n] + 0.5 * scale * up @ down, atol=1e-6,
+                                   rtol=1e-5)
+    assert not any("lora" in k for k in unet.state_dict())
+
+
+def test_merge_lora_bad_inputs_are_one_line(tiny_base, tmp_path):
+    import copy
+
+    from aa_runtime.adapters import merge_lora, parse_lora_spec
+
+    unet = copy.deepcopy(tiny_base.unet)
+    with pytest.raises(AAError, match=r"^lora: .*nope.safetensors does not exist"):
+        merge_lora(unet, tmp_path / "nope.safetensors")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file")
+    with pytest.raises(AAError) as e:
+        merge_lora(unet, junk)
+    assert str(e.value).startswith(f"lora: {junk} could not be read as a UNet LoRA") and "\n" not in str(e.value)
+    _lora_file(unet, tmp_path / "ok.safetensors", kohya=True)
+    with pytest.raises(AAError, match="lora weight: nan"):
+        merge_lora(unet, tmp_path / "ok.safetensors", float("nan"))
+    assert parse_lora_spec(f"{tmp_path}/ok.safetensors:0.7") == (tmp_path / "ok.safetensors", 0.7)
+    assert parse_lora_spec(f"{tmp_path}/ok.safetensors") == (tmp_path / "ok.safetensors", 1.0)

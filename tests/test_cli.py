@@ -48,6 +48,26 @@ def test_aa_run_frames_default_to_the_pose_duration(tiny_bundle, pose_json, tmp_
     assert not out.with_suffix(".gif").exists()
 
 
+def test_aa_run_few_step_with_a_lora_folded_in(tiny_bundle, tiny_base, tmp_path):
+    """The few-step path: --scheduler lcm --steps 2 --guidance 1 with a LoRA folded in at a weight; the sidecar
+    records the LoRA, and the LoRA changes the video."""
+    from test_adapters import _lora_file
+
+    _lora_file(tiny_base.unet, tmp_path / "fast.safetensors", kohya=True)
+    outs = {}
+    for name, extra in (("plain", []), ("lora", ["--lora", f"{tmp_path / 'fast.safetensors'}:0.8"])):
+        out = tmp_path / f"{name}.mp4"
+        res = CliRunner().invoke(main, ["--base", str(tiny_bundle), "--prompt", "a man", "--motion", "wave",
+                                        "--frames", "4", "--steps", "2", "--scheduler", "lcm", "--guidance", "1",
+                                        "--no-gif", "-o", str(out), *extra])
+        assert res.exit_code == 0, res.output
+        outs[name] = read_video(out).frames
+        side = json.loads(out.with_suffix(".json").read_text())
+        assert side["scheduler"] == "lcm" and side["steps"] == 2
+    assert side["loras"] == [{"path": str(tmp_path / "fast.safetensors"), "weight": 0.8}]
+    assert outs["lora"].shape == (4, 64, 64, 3) and not np.array_equal(outs["lora"], outs["plain"])
+
+
 @pytest.mark.parametrize("args, expected", [
     (["--pose", "P", "--motion", "wave"], "give exactly one of --pose FILE or --motion NAME"),
     ([], "neither --pose nor --motion"),
@@ -70,6 +90,8 @@ def test_aa_run_frames_default_to_the_pose_duration(tiny_bundle, pose_json, tmp_
     (["--motion", "wave", "--window", "0"], "window: 0"),
     (["--motion", "wave", "--window", "4", "--overlap", "4"], "overlap: 4"),
     (["--motion", "wave", "--adapter-scale", "0.5"], "adapter-scale: 0.5 — it weighs an --adapter"),
+    (["--motion", "wave", "--lora", "fast.safetensors:0.5"], "lora: fast.safetensors does not exist"),
+    (["--motion", "wave", "--scheduler", "tcd", "--steps", "80"], "steps: 80 — the tcd scheduler runs 1 to 50"),
     (["--motion", "wave", "--adapter", "a.safetensors", "--adapter-scale", "-1"], "adapter-scale: -1.0 — use 0"),
 ])
 def test_bad_inputs_are_one_line(tiny_bundle, pose_json, tmp_path, args, expected):
