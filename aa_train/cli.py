@@ -116,6 +116,10 @@ def base_cmd(data, output, stages, work_dir, size, frames, vae_steps, image_step
               help="Background-weakening loss means over the frame (eq. 1 as written) or over each region [frame].")
 @click.option("--composite-scene", "composite_scenes", multiple=True, default=None,
               help="Also train on the person pasted onto this world scene, the caption naming it (repeatable).")
+@click.option("--decouple", is_flag=True,
+              help="Keep the person apart from the reference's scene and poses: train on the person pasted onto every "
+                   "world scene (captioned with it) against class videos in those scenes, each in another motion, at "
+                   "prior weight 0.3 and the region-averaged identity term (sets the six flags above).")
 @click.option("--optimizer", type=click.Choice(["adamw8bit", "adamw"]), default=None, help="[adamw8bit].")
 @click.option("--identifier", type=click.Choice(["pieces", "rare", "pivotal"]), default=None,
               help="How <NAME> reaches the text encoder: pieces (split into ordinary word pieces, as the paper), "
@@ -160,11 +164,18 @@ def base_cmd(data, output, stages, work_dir, size, frames, vae_steps, image_step
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in --work-dir.")
 def identity_cmd(video, output, preset, **options):
     """Learn the person in VIDEO as a LoRA identity adapter (one-shot, two stages)."""
-    from .identity import IdentityTrainConfig, train_identity
+    from .identity import DECOUPLE_KEYS, IdentityTrainConfig, decoupled_settings, train_identity
 
     settings = dict(PRESETS.get(preset, {}))
-    settings.update({k: v for k, v in options.items() if v is not None})
+    decouple = options.pop("decouple")
+    settings.update({k: v for k, v in options.items() if v is not None and v != ()})
     try:
+        if decouple:
+            given = [f"--{k.replace('_', '-').removesuffix('s')}" for k in DECOUPLE_KEYS if k in settings]
+            if given:
+                raise AAError("--decouple", f"given with {', '.join(given)}", "use --decouple alone, or set those "
+                              "flags yourself without it")
+            settings.update(decoupled_settings(settings.get("class_word", "person")))
         cfg = IdentityTrainConfig(video=video, output=output, **settings)
         result = train_identity(cfg, log=lambda m: click.echo(m, err=True))
     except AAError as e:

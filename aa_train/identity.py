@@ -190,6 +190,30 @@ PRESETS = {
 }
 
 
+DECOUPLE_KEYS = ("prior_prompts", "prior_motions", "prior_reference", "prior_weight", "identity_norm",
+                 "composite_scenes")
+
+
+def decoupled_settings(class_word: str, *, exclude_scenes=(), exclude_motions=()) -> dict:
+    """The settings that keep the learnt person apart from the reference's scene and poses (`--decouple`): the
+    person pasted by its masks onto every world scene (but `exclude_scenes`), each captioned with that scene, and
+    DreamBooth's diverse class prior — a class video per scene, each moving in another built-in motion (but
+    `exclude_motions`) on its own skeletons, none in the reference's poses — at weight 0.3 against the instance term
+    averaged over the person's own region."""
+    from aa_runtime.motions import MOTIONS
+    from aa_world.captions import class_caption
+    from aa_world.scenes import SCENES
+
+    scenes = [s for s in SCENES if s not in exclude_scenes]
+    motions = [m for m in MOTIONS if m not in exclude_motions]
+    if not scenes or not motions:
+        raise AAError("decouple", "every scene or motion excluded", "leave some world scenes and motions in")
+    return {"prior_prompts": tuple(class_caption(class_word, motions[k % len(motions)], s)
+                                   for k, s in enumerate(scenes)),
+            "prior_motions": tuple(motions), "prior_reference": False, "prior_weight": 0.3, "identity_norm": "region",
+            "composite_scenes": tuple(scenes)}
+
+
 @dataclass
 class IdentityResult:
     adapter: Path | None  # None when something else than the LoRA adapter trained (see train_identity)

@@ -129,6 +129,8 @@ VARIANTS = {  # ablations: what each changes in the identity job
     "described-pivotal": {"describe": True, "identifier": "pivotal"},
     "described-wide-diverse": {"describe": True, **WIDE, **DIVERSE_PRIOR},
     "described-composite": {"describe": True, **DIVERSE_PRIOR, "composite_scenes": "other scenes"},
+    "described-judge-composite": {"describe": True, "captioner": "judge", **DIVERSE_PRIOR,
+                                  "composite_scenes": "other scenes"},
     "described-composite-light": {"describe": True, "lr": 3e-4, **DIVERSE_PRIOR, "composite_scenes": "other scenes"},
     # the same with the appearance read off the reference by the world's judge (a captioner that can be wrong)
     # instead of the world's own caption (an oracle)

@@ -602,3 +602,50 @@ def test_described_adapter_carries_the_world_appearance_into_training_and_prompt
         train_identity(IdentityTrainConfig(**{**cfg.__dict__, "video": bare, "output": tmp_path / "b.safetensors"}),
                        log=lambda *_: None)
     assert not (tmp_path / "b.safetensors").exists()
+
+
+def test_decouple_sets_the_diverse_prior_and_composites(reference, tmp_path, monkeypatch):
+    """`--decouple` = the benchmark's described-composite recipe minus --describe: every world scene as a composite
+    and a class video (each in the next built-in motion), no reference-pose prior, weight 0.3, region norm; with any
+    of the flags it sets, one line."""
+    import aa_train.identity as identity
+    from aa_runtime.motions import MOTIONS
+    from aa_train.cli import main
+    from aa_world.scenes import SCENES
+
+    seen = {}
+
+    def fake_train(cfg, log=print):
+        seen["cfg"] = cfg
+        return identity.IdentityResult(None, {})
+
+    monkeypatch.setattr(identity, "train_identity", fake_train)
+    args = ["identity", str(reference), "--name", "me", "--class-word", "man", "-o", str(tmp_path / "d.safetensors"),
+            "--decouple"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    cfg = seen["cfg"]
+    assert cfg.composite_scenes == tuple(SCENES) and cfg.prior_motions == tuple(MOTIONS)
+    assert len(cfg.prior_prompts) == len(SCENES) and not cfg.prior_reference
+    assert (cfg.prior_weight, cfg.identity_norm) == (0.3, "region")
+    for k, (prompt, scene) in enumerate(zip(cfg.prior_prompts, SCENES)):
+        assert prompt.startswith("a man ") and prompt == identity.decoupled_settings("man")["prior_prompts"][k]
+    res = CliRunner().invoke(main, args + ["--prior-weight", "0.5"])
+    assert res.exit_code == 2
+    assert res.output.strip() == ("error: --decouple: given with --prior-weight — use --decouple alone, or set those "
+                                  "flags yourself without it")
+
+
+def test_decoupled_settings_are_the_benchmarks_composite_recipe():
+    """The product's --decouple and quality.py's described-composite variant train the same job (scenes and
+    motions held out there: the reference's and the targets')."""
+    from aa_train.identity import DECOUPLE_KEYS, decoupled_settings
+    from aa_world.scenes import SCENES
+    from benchmarks import quality
+
+    scn = quality.IdentityScenario(identities=1)
+    ref_scene = next(s for s in SCENES if s not in scn.target_scenes)
+    bench = quality.variant_settings(scn, "described-composite", "woman", ref_scene)
+    mine = decoupled_settings("woman", exclude_scenes={ref_scene, *scn.target_scenes},
+                              exclude_motions={scn.reference_motion, *(m for _, m in scn.targets)})
+    assert {k: bench[k] for k in DECOUPLE_KEYS} == mine and bench["describe"]
