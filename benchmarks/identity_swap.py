@@ -8,6 +8,7 @@ Writes benchmarks/results/identity_swap.{json,md}."""
 from __future__ import annotations
 
 import copy
+import os
 import platform
 import re
 import statistics
@@ -119,10 +120,13 @@ def run_identity_swap(models=("aa-tiny", "sd15"), repeats: int = 3, out_dir: Pat
         del base_unet
     result = {"benchmark": "identity_swap", "host": platform.processor() or platform.machine(),
               "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "repeats": repeats, "rows": rows}
+              "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "repeats": repeats, "rows": rows,
+              "cpu_count": os.cpu_count(), "load_average_1m_after": os.getloadavg()[0]}
     lines = ["# Serving another identity on onnxruntime", "",
              f"{result['time']}, {result['host']}, {result['threads']} thread(s), torch {result['torch']}; "
-             f"median of {repeats} identities (random rank-8 adapters on the spatial attn2 projections).", "",
+             f"median of {repeats} identities (random rank-8 adapters on the spatial attn2 projections); "
+             f"{result['cpu_count']} CPUs, load average {result['load_average_1m_after']:.1f} at the end (other jobs "
+             "share the machine when it is above the thread count: both columns ran under the same load).", "",
              "| UNet | parameters | call shape | swap: merge + session with the attn2 weights replaced, s | "
              "re-export: merge + export + session, s | speed-up | max abs diff vs eager |",
              "|---|---|---|---|---|---|---|"]
