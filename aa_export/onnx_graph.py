@@ -134,7 +134,7 @@ def overridable_initializers(unet: torch.nn.Module, model, folder: Path) -> dict
     from onnx import numpy_helper
 
     from aa_runtime.adapters import SPATIAL_ATTN2
-    from aa_runtime.bundle import fingerprint_states
+    from aa_runtime.bundle import fingerprint_except
 
     targets = {n: m.weight.detach().cpu().float().numpy() for n, m in unet.named_modules()
                if re.fullmatch(SPATIAL_ATTN2, n)}
@@ -156,9 +156,8 @@ def overridable_initializers(unet: torch.nn.Module, model, folder: Path) -> dict
                 break
         else:
             return {}
-    keys = {f"{n}.weight" for n in found}
-    fixed = fingerprint_states({k: v for k, v in unet.state_dict().items() if k not in keys})
-    return {"aa_overridable": json.dumps(found, sort_keys=True), "aa_fixed_fingerprint": fixed}
+    return {"aa_overridable": json.dumps(found, sort_keys=True),
+            "aa_fixed_fingerprint": fingerprint_except(unet, found)}
 
 
 def _consolidate_external_data(model, file: Path) -> None:

@@ -136,7 +136,7 @@ class OnnxRuntimeBackend:
         import numpy as np
         import onnx
 
-        from .bundle import fingerprint, fingerprint_states
+        from .bundle import fingerprint, fingerprint_except
 
         try:
             meta = {p.key: p.value for p in onnx.load(str(self.path), load_external_data=False).metadata_props}
@@ -146,9 +146,7 @@ class OnnxRuntimeBackend:
                 self.unet):
             return {}
         where = json.loads(meta.get("aa_overridable", "{}"))
-        keys = {f"{n}.weight" for n in where}
-        fixed = fingerprint_states({k: v for k, v in self.unet.state_dict().items() if k not in keys})
-        if not where or meta.get("aa_fixed_fingerprint") != fixed:
+        if not where or meta.get("aa_fixed_fingerprint") != fingerprint_except(self.unet, where):
             raise AAError("ONNX model", f"{self.path} was exported from UNet weights {meta['aa_unet_fingerprint']}, "
                           f"this pipeline's UNet is {fingerprint(self.unet)} beyond the identity adapter's layers",
                           "export the same --base (adapters on the spatial cross-attention need no re-export)")

@@ -112,6 +112,13 @@ def fingerprint(*modules: torch.nn.Module) -> str:
     return fingerprint_states(*(m.state_dict() for m in modules))
 
 
+def fingerprint_except(module: torch.nn.Module, submodules) -> str:
+    """Fingerprint of every tensor of `module` but the weights of `submodules` (module paths): what stays fixed when
+    only those weights change, e.g. an identity adapter merged into the spatial attn2 projections."""
+    skip = {f"{n}.weight" for n in submodules}
+    return fingerprint_states({k: v for k, v in module.state_dict().items() if k not in skip})
+
+
 def fingerprint_states(*states: dict[str, torch.Tensor]) -> str:
     """Content hash of weights, independent of dtype and device: every tensor's name, shape and a
     fixed strided sample of ≤ 4,096 of its values rounded to fp16 (fast at SD1.5 size)."""

@@ -66,7 +66,6 @@ def _adapter(unet, path: Path, seed: int) -> Path:
 def run_identity_swap(models=("aa-tiny", "sd15"), repeats: int = 3, out_dir: Path = RESULTS_DIR) -> dict:
     from aa_export.onnx_graph import UNetShapes
 
-    torch.set_num_threads(torch.get_num_threads())
     rows = []
     for name in models:
         s = SCENARIOS[name]

@@ -311,23 +311,22 @@ def variant_hooks(variant: str) -> dict:
 def variant_settings(scn: IdentityScenario, variant: str, class_word: str, ref_scene: str) -> dict:
     """The identity job's settings for one variant: the scenario's steps, then VARIANTS' changes with their
     placeholders filled in."""
-    from aa_runtime.motions import MOTIONS
+    from aa_train.identity import decoupled_settings
     from aa_world.captions import class_caption
-    from aa_world.scenes import SCENES
 
     changes = {k: v for k, v in VARIANTS[variant].items() if k not in STRATEGIES}  # hooks: variant_hooks
     if changes.get("stage2_steps") == "total":
         changes["stage2_steps"] = scn.stage1_steps + scn.stage2_steps
-    held_out = [s for s in SCENES if s != ref_scene and s not in scn.target_scenes]  # no target scene either
-    motions = [m for m in MOTIONS if m != scn.reference_motion and m not in {m for _, m in scn.targets}]
+    # the scenes and motions of neither the reference nor a target: what --decouple would use on this reference
+    held_out = decoupled_settings(class_word, exclude_scenes={ref_scene, *scn.target_scenes},
+                                  exclude_motions={scn.reference_motion, *(m for _, m in scn.targets)})
     if changes.get("prior_motions") == "other motions":  # prompt k names the motion that drives its video
-        changes["prior_motions"] = tuple(motions)
-        changes["prior_prompts"] = tuple(class_caption(class_word, motions[k % len(motions)], s)
-                                         for k, s in enumerate(held_out))
+        changes["prior_motions"], changes["prior_prompts"] = held_out["prior_motions"], held_out["prior_prompts"]
     elif changes.get("prior_prompts") == "other scenes":
-        changes["prior_prompts"] = tuple(class_caption(class_word, scn.reference_motion, s) for s in held_out)
+        changes["prior_prompts"] = tuple(class_caption(class_word, scn.reference_motion, s)
+                                         for s in held_out["composite_scenes"])
     if changes.get("composite_scenes") == "other scenes":
-        changes["composite_scenes"] = tuple(held_out)
+        changes["composite_scenes"] = held_out["composite_scenes"]
     return {"stage1_steps": scn.stage1_steps, "stage2_steps": scn.stage2_steps} | changes
 
 
