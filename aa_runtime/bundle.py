@@ -9,12 +9,14 @@ import json
 import math
 import os
 import shutil
+from contextlib import contextmanager
+from copy import deepcopy
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .errors import AAError, short_repr
 from .files import atomic_dir
@@ -202,23 +204,86 @@ def _weights_file(folder: Path, names: tuple[str, ...], what: str, fix: str) -> 
     raise AAError(what, f"no weights in {folder} (looked for {', '.join(names)})", fix)
 
 
+def _pretrained(load, what: str, folder: Path, file: Path, fix: str):
+    """`load()` is a library `from_pretrained(..., output_loading_info=True)` on `folder`; returns (model, info) with
+    the library's failures as one line that names the file at fault: the weights file when it cannot be read or a
+    tensor does not fit, else config.json."""
+    try:
+        return load()
+    except (SafetensorError, OSError, EOFError) as e:
+        raise AAError(what, f"{file} is corrupted or unreadable ({type(e).__name__}: {_first_line(e)[:80]})",
+                      f"re-download or re-create it; {fix}") from None
+    except (ValueError, RuntimeError) as e:
+        if not any(w in str(e) for w in ("shape", "size mismatch", "mismatched_sizes")):
+            raise AAError(what, f"{folder / 'config.json'} is not usable ({type(e).__name__}: {_first_line(e)[:100]})",
+                          fix) from None
+        raise AAError(what, f"{file} does not fit the model config ({type(e).__name__}: {_first_line(e)[:120]})",
+                      "check that the weights and config.json come from the same model") from None
+    except Exception as e:  # a wrong config value makes the library raise whatever it raises
+        raise AAError(what, f"{folder / 'config.json'} is not usable ({type(e).__name__}: {_first_line(e)[:100]})",
+                      fix) from None
+
+
+@contextmanager
+def _no_progress_bars():
+    """transformers draws a progress bar while it loads or saves weights; the CLIs keep stderr for their own lines."""
+    from transformers.utils import logging as transformers_logging
+
+    was = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            transformers_logging.enable_progress_bar()
+
+
+def copy_module(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """A CPU copy of `module` in `dtype`, for writing (the original is left as it is)."""
+    copy = deepcopy(module).to("cpu", dtype)
+    copy.requires_grad_(False)
+    return copy
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _check_loading_info(info: dict, what: str, file: Path) -> None:
+    """Strict loading on top of from_pretrained's report: no weight left at its random start, none left over."""
+    missing = [k for k in info.get("missing_keys", []) if not k.endswith(_OPTIONAL_MISSING)]
+    unexpected = [k for k in info.get("unexpected_keys", []) if not k.endswith(_IGNORABLE_UNEXPECTED)]
+    mismatched = [str(k[0] if isinstance(k, (tuple, list)) else k) for k in info.get("mismatched_keys", [])]
+    if missing or unexpected or mismatched:
+        parts = [f"{len(v)} {label} (e.g. {v[0]})" for v, label in
+                 ((missing, "missing"), (unexpected, "unexpected"), (mismatched, "of another shape")) if v]
+        raise AAError(what, f"{file} does not fit the model config: {', '.join(parts)}",
+                      "check that the weights and config.json come from the same model")
+
+
 def load_diffusers_model(cls, folder: Path, what: str, fix: str):
-    """Build a diffusers model from its config.json and load its weights strictly."""
-    config = _read_config(folder, what, fix)
-    model = _build(lambda: cls.from_config(config), what, folder / "config.json", fix)
+    """`cls.from_pretrained` on a local folder, strictly: every weight in the file, none left over."""
+    _read_config(folder, what, fix)  # missing, not JSON or not an object: said before the library reads it
     file = _weights_file(folder, ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"), what, fix)
-    load_state_strict(model, load_weights(file, what, fix), what, file)
+    model, info = _pretrained(lambda: cls.from_pretrained(
+        folder, local_files_only=True, output_loading_info=True, use_safetensors=file.suffix == ".safetensors",
+        torch_dtype=torch.float32), what, folder, file, fix)  # fp32 as the library's default; callers cast
+    _check_loading_info(info, what, file)
     return model
 
 
 def load_text_encoder(folder: Path, fix: str):
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
     what = "text encoder"
-    config = _read_config(folder, what, fix)
-    model = _build(lambda: CLIPTextModel(CLIPTextConfig.from_dict(config)), what, folder / "config.json", fix)
+    _read_config(folder, what, fix)
     file = _weights_file(folder, ("model.safetensors", "pytorch_model.bin"), what, fix)
-    load_state_strict(model, load_weights(file, what, fix), what, file)
+    with _no_progress_bars():
+        model, info = _pretrained(lambda: CLIPTextModel.from_pretrained(
+            folder, local_files_only=True, output_loading_info=True, use_safetensors=file.suffix == ".safetensors",
+            dtype=torch.float32), what, folder, file, fix)  # fp32 whatever the file stores, as the UNet and VAE
+    _check_loading_info(info, what, file)
     # some config values (eos_token_id, layer_norm_eps, a negative head count) fail or give NaN only when run
     with torch.no_grad():
         out = _build(lambda: model(torch.zeros(1, 2, dtype=torch.long))[0], what, folder / "config.json", fix)
@@ -302,16 +367,11 @@ def save_bundle(base: BaseModel, path: str | os.PathLike, *, half: bool = True, 
     with atomic_dir(path) as tmp:
         dtype = torch.float16 if half else torch.float32
         stored = {}
-        for sub, module in (("unet", base.unet), ("vae", base.vae)):
-            (tmp / sub).mkdir()
-            state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in module.state_dict().items()}
-            save_file(state, str(tmp / sub / "diffusion_pytorch_model.safetensors"))
-            (tmp / sub / "config.json").write_text(json.dumps(dict(module.config), indent=1, default=list))
-            stored[sub] = state
-        (tmp / "text_encoder").mkdir()
-        te_state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in base.text_encoder.state_dict().items()}
-        save_file(te_state, str(tmp / "text_encoder" / "model.safetensors"))
-        (tmp / "text_encoder" / "config.json").write_text(base.text_encoder.config.to_json_string())
+        for sub, module in (("unet", base.unet), ("vae", base.vae), ("text_encoder", base.text_encoder)):
+            copy = copy_module(module, dtype)  # the live modules keep their dtype and device
+            with _no_progress_bars():
+                copy.save_pretrained(tmp / sub, safe_serialization=True)
+            stored[sub] = copy.state_dict()
         tok_src = Path(tokenizer_dir or getattr(base, "_tokenizer_dir", None) or "")
         tok_files = None if tokenizer_dir else getattr(base, "_tokenizer_files", None)
         if tok_files:  # a random base's tokenizer, kept in memory
@@ -324,7 +384,7 @@ def save_bundle(base: BaseModel, path: str | os.PathLike, *, half: bool = True, 
             shutil.copytree(tok_src, tmp / "tokenizer")
         (tmp / "scheduler").mkdir()
         (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(base.scheduler_config, indent=1))
-        fp = fingerprint_states(stored["unet"], stored["vae"], te_state)
+        fp = fingerprint_states(stored["unet"], stored["vae"], stored["text_encoder"])
         manifest = {"format": BUNDLE_FORMAT, "name": name or base.manifest.get("name", path.name),
                     "fingerprint": fp, "dtype": str(dtype).removeprefix("torch."),
                     "sample": asdict(base.defaults),

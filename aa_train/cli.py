@@ -165,11 +165,14 @@ def base_cmd(data, output, stages, work_dir, size, frames, vae_steps, image_step
 def identity_cmd(video, output, preset, **options):
     """Learn the person in VIDEO as a LoRA identity adapter (one-shot, two stages)."""
     from .identity import DECOUPLE_KEYS, IdentityTrainConfig, decoupled_settings, train_identity
+    from .preprocess import READ_SETTINGS, ReadSettings
 
     settings = dict(PRESETS.get(preset, {}))
     decouple = options.pop("decouple")
     settings.update({k: v for k, v in options.items() if v is not None and v != ()})
+    read = {k: settings.pop(k) for k in READ_SETTINGS if k in settings}
     try:
+        settings["read"] = ReadSettings(**read)
         if decouple:
             given = [f"--{k.replace('_', '-').removesuffix('s')}" for k in DECOUPLE_KEYS if k in settings]
             if given:

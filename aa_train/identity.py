@@ -16,7 +16,7 @@ import json
 import re
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, NamedTuple
 
@@ -34,6 +34,7 @@ from aa_runtime.poses import PoseSequence, render_skeletons
 
 from .attention import reset_attention, set_mask_guided_attention
 from .losses import background_weakening_loss, latent_masks, prior_preservation_loss
+from .preprocess import PrepareConfig, ReadSettings, prepare_identity, write_preview
 
 ADAPTER_NAME = "identity"
 
@@ -60,7 +61,6 @@ class IdentityTrainConfig:
     image_batch: int = 4
     clip_frames: int = 8
     resolution: int | None = None  # default: the base's sample size
-    max_frames: int = 32
     bw_alpha: float = 0.001
     mask_attention_weight: float = 0.3  # w for cross-region attention pairs; 1 = plain attention
     prior_weight: float = 1.0
@@ -80,21 +80,12 @@ class IdentityTrainConfig:
     lora_form: Literal["free", "key-locked"] = "free"
     gradient_checkpointing: bool | None = None  # default: on with CUDA
     separate_prior: bool | None = None  # prior sample in its own backward pass; default: with checkpointing
-    pose_backend: str = "auto"
-    mask_backend: str = "auto"
-    captioner: str = "template"
-    description: str | None = None
-    # write the person's appearance (--description, else the judge's reading with captioner judge, else a world
+    # how the reference is read: frames, pose and mask annotators, captioner, --description
+    read: ReadSettings = field(default_factory=ReadSettings)
+    # write the person's appearance (read.description, else the judge's reading with captioner judge, else a world
     # sidecar's caption) into every instance caption and the adapter; aa-run writes it into prompts naming
     # <name> <class>, so the adapter learns what the words do not say
     describe: bool = False
-    fps: float | None = None  # resample the reference video (default: its own rate, capped at 8)
-    min_person_fraction: float = 0.5
-    sam_checkpoint: Path | None = None
-    dwpose_det: Path | None = None
-    dwpose_pose: Path | None = None
-    openai_model: str = "gpt-4o"
-    openai_timeout: float = 30.0
     seed: int = 0
     device: str = "auto"
     work_dir: Path | None = None
@@ -538,19 +529,13 @@ def load_identity_base(cfg: IdentityTrainConfig):
 def prepare_reference(cfg: IdentityTrainConfig, base, log=print) -> Reference:
     """Step 1: frames, poses, masks and caption of the reference (cached by video hash + settings), the written
     appearance with `describe`, the annotation preview."""
-    from .preprocess import PrepareConfig, prepare_identity, write_preview
-
     t0 = time.time()
     res = cfg.resolution or base.defaults.width
     m = base.vae_scale * 2 ** (len(base.unet.config.block_out_channels) - 1)
     if res % m or res < m:
         raise AAError("resolution", res, f"use a multiple of {m} for this base")
-    data = prepare_identity(PrepareConfig(
-        video=cfg.video, token=cfg.token, class_word=cfg.class_word, resolution=res, max_frames=cfg.max_frames,
-        fps=cfg.fps, pose_backend=cfg.pose_backend, mask_backend=cfg.mask_backend, captioner=cfg.captioner,
-        description=cfg.description, sam_checkpoint=cfg.sam_checkpoint, dwpose_det=cfg.dwpose_det,
-        dwpose_pose=cfg.dwpose_pose, openai_model=cfg.openai_model, openai_timeout=cfg.openai_timeout,
-        min_person_fraction=cfg.min_person_fraction, **({"cache_dir": cfg.cache_dir} if cfg.cache_dir else {})))
+    data = prepare_identity(PrepareConfig(video=cfg.video, token=cfg.token, class_word=cfg.class_word, resolution=res,
+                                          read=cfg.read, **({"cache_dir": cfg.cache_dir} if cfg.cache_dir else {})))
     appearance = data.source.get("appearance") if cfg.describe else None
     if cfg.describe and not appearance:  # before anything is written
         raise AAError("describe", f"no written appearance for {cfg.video}", "give --description 'in a grey shirt "
@@ -763,10 +748,18 @@ def training_summary(cfg: IdentityTrainConfig, trainer: IdentityTrainer, ref: Re
                        "stage2": {"steps": cfg.stage2_steps, "final_loss": _tail(losses["stage2"])}},
             "train_seconds": round(train_s, 1), "frames": len(ref.data.frames), "resolution": ref.resolution,
             "caption": ref.caption, "trainable": trainer.trainable.kind,
-            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()
-                         if k not in ("output", "work_dir", "cache_dir")},
+            "settings": _plain({k: v for k, v in asdict(cfg).items() if k not in ("output", "work_dir", "cache_dir")}),
             "preprocess": {k: v for k, v in ref.data.source.items()
                            if k in ("pose_backend", "mask_backend", "captioner")}}
+
+
+def _plain(value):
+    """`value` with every Path as its string, for the adapter's JSON metadata."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
 
 
 def write_adapter(cfg: IdentityTrainConfig, trainer: IdentityTrainer, ref: Reference, summary: dict,

@@ -37,13 +37,10 @@ MAX_CAPTION_IMAGE_SIDE = 512
 
 
 @dataclass
-class PrepareConfig:
-    """Everything that decides the identity dataset of one reference video."""
+class ReadSettings:
+    """How a reference video is read: which frames, which annotators, which captioner (`aa-train identity`'s
+    reading flags; the identity trainer holds one as `IdentityTrainConfig.read`)."""
 
-    video: Path
-    token: str = "<me>"
-    class_word: str = "person"
-    resolution: int = 64  # square crop side in pixels
     max_frames: int = 32
     fps: float | None = None  # resample rate; None = the video's, capped at 8
     pose_backend: annotators.PoseBackend = "auto"  # auto = sidecar when VIDEO.aa.json exists, else mediapipe
@@ -55,21 +52,9 @@ class PrepareConfig:
     dwpose_pose: Path | None = None  # dw-ll_ucoco_384.onnx
     openai_model: str = DEFAULT_OPENAI_MODEL
     openai_timeout: float = DEFAULT_TIMEOUT_S
-    cache_dir: Path = field(default_factory=lambda: cache_root("identity"))
-    use_cache: bool = True
     min_person_fraction: float = 0.5  # frames that must show a person
 
     def __post_init__(self):
-        self.video = Path(self.video)
-        if not self.video.exists():
-            raise AAError("video", f"{self.video} does not exist", "check the path")
-        if not self.token or any(c.isspace() for c in self.token):
-            raise AAError("token", repr(self.token), "use one word without spaces, e.g. '<me>'")
-        if not self.class_word or self.class_word != self.class_word.strip() or "\n" in self.class_word \
-                or self.token in self.class_word:
-            raise AAError("class_word", repr(self.class_word), "use a plain class word such as 'man' or 'woman'")
-        if not (isinstance(self.resolution, int) and 16 <= self.resolution <= 2048 and self.resolution % 8 == 0):
-            raise AAError("resolution", self.resolution, "use a multiple of 8 between 16 and 2048")
         if not (isinstance(self.max_frames, int) and MIN_FRAMES <= self.max_frames <= 1024):
             raise AAError("max_frames", self.max_frames, f"use {MIN_FRAMES} to 1024")
         if self.fps is not None and not (0 < self.fps <= 120):
@@ -88,7 +73,35 @@ class PrepareConfig:
             annotators.check_dwpose_paths(self.dwpose_det, self.dwpose_pose)
         if self.mask_backend == "sam":
             self.sam_checkpoint = annotators.check_sam_checkpoint(self.sam_checkpoint)
-        needs_sidecar = "sidecar" in (self.pose_backend, self.mask_backend)
+
+
+READ_SETTINGS = tuple(f.name for f in dataclasses.fields(ReadSettings))
+
+
+@dataclass
+class PrepareConfig:
+    """Everything that decides the identity dataset of one reference video."""
+
+    video: Path
+    token: str = "<me>"
+    class_word: str = "person"
+    resolution: int = 64  # square crop side in pixels
+    read: ReadSettings = field(default_factory=ReadSettings)
+    cache_dir: Path = field(default_factory=lambda: cache_root("identity"))
+    use_cache: bool = True
+
+    def __post_init__(self):
+        self.video = Path(self.video)
+        if not self.video.exists():
+            raise AAError("video", f"{self.video} does not exist", "check the path")
+        if not self.token or any(c.isspace() for c in self.token):
+            raise AAError("token", repr(self.token), "use one word without spaces, e.g. '<me>'")
+        if not self.class_word or self.class_word != self.class_word.strip() or "\n" in self.class_word \
+                or self.token in self.class_word:
+            raise AAError("class_word", repr(self.class_word), "use a plain class word such as 'man' or 'woman'")
+        if not (isinstance(self.resolution, int) and 16 <= self.resolution <= 2048 and self.resolution % 8 == 0):
+            raise AAError("resolution", self.resolution, "use a multiple of 8 between 16 and 2048")
+        needs_sidecar = "sidecar" in (self.read.pose_backend, self.read.mask_backend)
         if needs_sidecar and not sidecar_path(self.video).is_file():
             raise AAError("sidecar", f"{sidecar_path(self.video)} does not exist",
                           "write the annotations beside the video (format aa-annotations/1) or use 'auto'")
@@ -97,10 +110,10 @@ class PrepareConfig:
     def resolved_backends(self) -> tuple[str, str]:
         """(pose, mask) backends with `auto` decided by the files beside the video."""
         side = sidecar_path(self.video)
-        pose = self.pose_backend
+        pose = self.read.pose_backend
         if pose == "auto":
             pose = "sidecar" if side.is_file() else "mediapipe"
-        mask = self.mask_backend
+        mask = self.read.mask_backend
         if mask == "auto":
             mask = "sidecar" if side.is_file() and annotators.sidecar_has_masks(side) else "mediapipe"
         return pose, mask
@@ -189,10 +202,10 @@ def decode(cfg: PrepareConfig) -> tuple[np.ndarray, np.ndarray, float, float]:
     """Decode + resample → frames uint8 (F, H, W, 3), their source indices (F,), fps, the video's fps."""
     probe = read_video(cfg.video, max_frames=1)
     src_fps = float(probe.fps) if probe.fps and probe.fps > 0 else DEFAULT_MAX_FPS
-    fps = min(DEFAULT_MAX_FPS if cfg.fps is None else cfg.fps, src_fps)  # never above the video's own rate
-    need = int(math.ceil((cfg.max_frames - 1) * src_fps / fps)) + 1
+    fps = min(DEFAULT_MAX_FPS if cfg.read.fps is None else cfg.read.fps, src_fps)  # never above the video's own rate
+    need = int(math.ceil((cfg.read.max_frames - 1) * src_fps / fps)) + 1
     clip = read_video(cfg.video, max_frames=need)
-    idx = resample_indices(len(clip.frames), src_fps, fps, cfg.max_frames)
+    idx = resample_indices(len(clip.frames), src_fps, fps, cfg.read.max_frames)
     if len(idx) < MIN_FRAMES:
         raise AAError("video", f"{cfg.video.name} gives {len(idx)} frame(s) at {fps:g} fps "
                       f"({len(clip.frames)} decoded)", f"give a video with at least {MIN_FRAMES} frames")
@@ -280,15 +293,15 @@ def _settings_key(cfg: PrepareConfig, video_sha: str, pose: str, mask: str) -> s
     side = sidecar_path(cfg.video)
     settings = {
         "format": CACHE_FORMAT, "video": video_sha, "token": cfg.token, "class_word": cfg.class_word,
-        "resolution": cfg.resolution, "max_frames": cfg.max_frames, "fps": cfg.fps, "pose": pose, "mask": mask,
+        "resolution": cfg.resolution, "max_frames": cfg.read.max_frames, "fps": cfg.read.fps, "pose": pose, "mask": mask,
         "sidecar": file_sha256(side) if "sidecar" in (pose, mask) else None,
         "sidecar_masks": _sidecar_masks_sha(side) if mask == "sidecar" else None,
-        "captioner": cfg.captioner, "description": cfg.description,
-        "min_person_fraction": cfg.min_person_fraction,
-        "sam": file_id(cfg.sam_checkpoint) if mask == "sam" else None,
-        "dwpose": [file_id(cfg.dwpose_det), file_id(cfg.dwpose_pose)] if pose == "dwpose" else None,
-        "openai": [cfg.openai_model, hashlib.sha256((os.environ.get("OPENAI_BASE_URL") or "").encode()).hexdigest()]
-        if cfg.captioner == "openai" else None,
+        "captioner": cfg.read.captioner, "description": cfg.read.description,
+        "min_person_fraction": cfg.read.min_person_fraction,
+        "sam": file_id(cfg.read.sam_checkpoint) if mask == "sam" else None,
+        "dwpose": [file_id(cfg.read.dwpose_det), file_id(cfg.read.dwpose_pose)] if pose == "dwpose" else None,
+        "openai": [cfg.read.openai_model, hashlib.sha256((os.environ.get("OPENAI_BASE_URL") or "").encode()).hexdigest()]
+        if cfg.read.captioner == "openai" else None,
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
@@ -302,18 +315,18 @@ def _check_dependencies(pose: str, mask: str) -> None:
 
 
 def _captions(cfg: PrepareConfig, frames: np.ndarray, context: dict | None) -> CaptionResult:
-    fallback = template_captions(cfg.token, cfg.class_word, context, cfg.description)
-    if cfg.captioner in ("template", "judge"):
+    fallback = template_captions(cfg.token, cfg.class_word, context, cfg.read.description)
+    if cfg.read.captioner in ("template", "judge"):
         return fallback
-    return openai_captions(frames, cfg.token, cfg.class_word, fallback, cfg.openai_model, cfg.openai_timeout)
+    return openai_captions(frames, cfg.token, cfg.class_word, fallback, cfg.read.openai_model, cfg.read.openai_timeout)
 
 
 def _appearance(cfg: PrepareConfig, ann, side: Path, context: dict | None, frames: np.ndarray) -> str | None:
     """The person's written appearance naming '<token> <class>': from --description, else as the world's judge reads
     `frames` (captioner judge), else from a world sidecar's full caption; None when none says it."""
-    if cfg.description and cfg.description.strip():
-        return described_appearance(cfg.token, cfg.class_word, cfg.description)
-    if cfg.captioner == "judge":
+    if cfg.read.description and cfg.read.description.strip():
+        return described_appearance(cfg.token, cfg.class_word, cfg.read.description)
+    if cfg.read.captioner == "judge":
         return judge_appearance(frames, cfg.token, cfg.class_word)
     if ann is None and side.is_file():
         try:
@@ -324,9 +337,9 @@ def _appearance(cfg: PrepareConfig, ann, side: Path, context: dict | None, frame
 
 
 def _caption_source(result: CaptionResult, cfg: PrepareConfig) -> dict:
-    return {"captioner": cfg.captioner, "captioner_used": result.captioner, "captioner_fallback": result.fell_back,
+    return {"captioner": cfg.read.captioner, "captioner_used": result.captioner, "captioner_fallback": result.fell_back,
             "captioner_warning": result.warning,
-            **({"openai_model": cfg.openai_model} if cfg.captioner == "openai" else {})}
+            **({"openai_model": cfg.read.openai_model} if cfg.read.captioner == "openai" else {})}
 
 
 def _caption_images(frames: np.ndarray) -> np.ndarray:
@@ -366,14 +379,14 @@ def prepare_identity(cfg: PrepareConfig) -> IdentityData:
     if pose_backend == "sidecar":
         keypoints, masks, ann = annotators.load_sidecar(side, (w, h), indices, with_masks=mask_backend == "sidecar")
     elif pose_backend == "dwpose":
-        keypoints = annotators.DWPose(cfg.dwpose_det, cfg.dwpose_pose)(frames)
+        keypoints = annotators.DWPose(cfg.read.dwpose_det, cfg.read.dwpose_pose)(frames)
     else:
         keypoints = annotators.mediapipe_poses(frames)
     if mask_backend == "sidecar":
         if pose_backend != "sidecar":
             _, masks, ann = annotators.load_sidecar(side, (w, h), indices, with_masks=True)
     elif mask_backend == "sam":
-        masks = annotators.SamMasks(cfg.sam_checkpoint)(frames, keypoints)
+        masks = annotators.SamMasks(cfg.read.sam_checkpoint)(frames, keypoints)
     else:
         masks = annotators.mediapipe_masks(frames, keypoints)
 
@@ -382,10 +395,10 @@ def prepare_identity(cfg: PrepareConfig) -> IdentityData:
     # 4. frames with a person: enough visible joints
     present = annotators.count_joints(keypoints) >= annotators.MIN_JOINTS  # (F,)
     missing = int(n - present.sum())
-    if present.sum() < max(MIN_FRAMES, math.ceil(cfg.min_person_fraction * n - 1e-9)):
+    if present.sum() < max(MIN_FRAMES, math.ceil(cfg.read.min_person_fraction * n - 1e-9)):
         raise AAError("video", f"no person found in {missing} of {n} frames ({100 * missing / n:.0f} %) of "
                       f"{cfg.video.name} ({pose_backend} poses)",
-                      f"give a video where one person is visible in at least {cfg.min_person_fraction:.0%} "
+                      f"give a video where one person is visible in at least {cfg.read.min_person_fraction:.0%} "
                       f"of the frames (and at least {MIN_FRAMES}), or lower min_person_fraction")
     frames_p, keypoints, masks, indices = frames[present], keypoints[present], masks[present], indices[present]
 
@@ -421,7 +434,7 @@ def prepare_identity(cfg: PrepareConfig) -> IdentityData:
 
 def _cache_hit(cfg: PrepareConfig, data: IdentityData, folder: Path) -> IdentityData:
     """A cached result; an openai caption that fell back last time is retried (and the cache updated)."""
-    if cfg.captioner == "openai" and data.source.get("captioner_fallback"):
+    if cfg.read.captioner == "openai" and data.source.get("captioner_fallback"):
         frames, indices, _, _ = decode(cfg)
         keep = np.isin(indices, data.source.get("frame_indices", []))
         images = _caption_images(frames[keep] if keep.any() else frames)

@@ -129,13 +129,13 @@ VARIANTS = {  # ablations: what each changes in the identity job
     "described-pivotal": {"describe": True, "identifier": "pivotal"},
     "described-wide-diverse": {"describe": True, **WIDE, **DIVERSE_PRIOR},
     "described-composite": {"describe": True, **DIVERSE_PRIOR, "composite_scenes": "other scenes"},
-    "described-judge-composite": {"describe": True, "captioner": "judge", **DIVERSE_PRIOR,
+    "described-judge-composite": {"describe": True, "read": {"captioner": "judge"}, **DIVERSE_PRIOR,
                                   "composite_scenes": "other scenes"},
     "described-composite-light": {"describe": True, "lr": 3e-4, **DIVERSE_PRIOR, "composite_scenes": "other scenes"},
     # the same with the appearance read off the reference by the world's judge (a captioner that can be wrong)
     # instead of the world's own caption (an oracle)
-    "described-judge": {"describe": True, "captioner": "judge"},
-    "described-judge-light": {"describe": True, "captioner": "judge", "lr": 3e-4},
+    "described-judge": {"describe": True, "read": {"captioner": "judge"}},
+    "described-judge-light": {"describe": True, "read": {"captioner": "judge"}, "lr": 3e-4},
 }
 # Columns without training: the rendered target clip (ceiling), the base from the class caption (floor) and the base
 # from the person's full written appearance (description: what the base can draw of this person from text alone).
@@ -312,9 +312,12 @@ def variant_settings(scn: IdentityScenario, variant: str, class_word: str, ref_s
     """The identity job's settings for one variant: the scenario's steps, then VARIANTS' changes with their
     placeholders filled in."""
     from aa_train.identity import decoupled_settings
+    from aa_train.preprocess import ReadSettings
     from aa_world.captions import class_caption
 
     changes = {k: v for k, v in VARIANTS[variant].items() if k not in STRATEGIES}  # hooks: variant_hooks
+    if "read" in changes:  # how the reference is read (the captioner)
+        changes["read"] = ReadSettings(**changes["read"])
     if changes.get("stage2_steps") == "total":
         changes["stage2_steps"] = scn.stage1_steps + scn.stage2_steps
     # the scenes and motions of neither the reference nor a target: what --decouple would use on this reference

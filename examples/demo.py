@@ -71,6 +71,7 @@ def main(argv=None) -> int:
     from aa_runtime.adapters import describe_identifier
 
     from aa_train.identity import IdentityTrainConfig, decoupled_settings, train_identity
+    from aa_train.preprocess import ReadSettings
 
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     t0 = time.time()
@@ -90,7 +91,8 @@ def main(argv=None) -> int:
                                        exclude_motions=(REFERENCE["motion"], TARGET["motion"]))
         result = train_identity(IdentityTrainConfig(video=ref, name="me", class_word=cls, base=base,
                                                     output=out / "me.safetensors", cache_dir=out / "cache",
-                                                    describe=True, captioner="judge", **decoupled, **steps),
+                                                    describe=True, read=ReadSettings(captioner="judge"),
+                                                    **decoupled, **steps),
                                 log=log)
         log(f"      appearance read off the reference: {result.appearance!r}")
         log("[3/4] aa-run in a new scene with an unseen motion ...")

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from aa_train.captioners import clean_reply, openai_captions, template_captions, world_context
-from aa_train.preprocess import PrepareConfig, prepare_identity
+from aa_train.preprocess import PrepareConfig, ReadSettings, prepare_identity
 from aa_world.captions import class_caption, identity_caption
 from aa_world.clips import ClipSpec, render_clip, write_clip
 
@@ -182,7 +182,8 @@ def _all_cached_text(cache) -> str:
 
 def test_prepare_with_openai_caption_and_cache(server, world, tmp_path):
     clip, video = world
-    cfg = PrepareConfig(video=video, token="<me>", class_word="man", captioner="openai", cache_dir=tmp_path / "c")
+    cfg = PrepareConfig(video=video, token="<me>", class_word="man", read=ReadSettings(captioner="openai"),
+                        cache_dir=tmp_path / "c")
     data = prepare_identity(cfg)
     assert data.caption.startswith("a <me> man, wearing a red striped shirt") and "<me>" not in data.class_caption
     assert data.source["captioner_used"] == "openai" and data.source["openai_model"] == "gpt-4o"
@@ -198,7 +199,8 @@ def test_prepare_with_openai_caption_and_cache(server, world, tmp_path):
 def test_prepare_401_fallback_keeps_the_key_out_of_outputs(server, world, tmp_path, capsys, caplog):
     clip, video = world
     server.mode = "401"
-    cfg = PrepareConfig(video=video, token="<me>", class_word="man", captioner="openai", cache_dir=tmp_path / "c")
+    cfg = PrepareConfig(video=video, token="<me>", class_word="man", read=ReadSettings(captioner="openai"),
+                        cache_dir=tmp_path / "c")
     with caplog.at_level(logging.WARNING):
         data = prepare_identity(cfg)
     assert data.caption == identity_caption("<me>", "man", "walk", "forest", [("dog", "brown")])

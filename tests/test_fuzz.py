@@ -777,7 +777,8 @@ def _manifest(**keys) -> dict:
      "is not usable (TypeError"),  # TypeError
     ({"file": "text_encoder/config.json", "how": "json-value", "key": "pad_token_id", "value": [7]},
      "is not usable (StrictDataclassFieldValidationError"),  # StrictDataclassFieldValidationError
-    ({"file": "text_encoder/config.json", "how": "json-key", "key": "vocab_size"}, "size mismatch"),  # RuntimeError
+    ({"file": "text_encoder/config.json", "how": "json-key", "key": "vocab_size"},
+     "does not fit the model config"),  # RuntimeError: the default vocabulary is larger than the weights
     ({"file": "text_encoder/config.json", "how": "json-value", "key": "eos_token_id", "value": None},
      "is not usable (AttributeError"),  # AttributeError when aa-run encodes the prompt
     ({"file": "text_encoder/config.json", "how": "json-value", "key": "layer_norm_eps", "value": float("nan")},

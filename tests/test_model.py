@@ -155,7 +155,15 @@ def test_bundle_round_trip_and_fingerprint(tiny_base, tiny_bundle, tmp_path):
     for (k, a), (_, b) in zip(tiny_base.unet.state_dict().items(), again.unet.state_dict().items()):
         assert torch.equal(a, b), k
     half = save_bundle(again, tmp_path / "half", half=True, tokenizer_dir=tiny_bundle / "tokenizer")
-    assert load_base(half).fingerprint == tiny_base.fingerprint  # the fingerprint samples fp16-rounded values
+    from_half = load_base(half)
+    assert from_half.fingerprint == tiny_base.fingerprint  # the fingerprint samples fp16-rounded values
+    # an fp16 bundle loads as fp32 in every part (the text encoder's library would keep the stored dtype), with the
+    # stored values exactly: the live model was left in fp32 while its fp16 copy was written
+    for part in ("unet", "vae", "text_encoder"):
+        stored, loaded = getattr(again, part).state_dict(), getattr(from_half, part).state_dict()
+        assert {v.dtype for v in stored.values()} == {v.dtype for v in loaded.values()} == {torch.float32}, part
+        for k, v in loaded.items():
+            assert torch.equal(v, stored[k].half().float()), (part, k)
     sd = load_file(str(half / "unet" / "diffusion_pytorch_model.safetensors"))
     sd[next(iter(sd))] += 1
     save_file(sd, str(half / "unet" / "diffusion_pytorch_model.safetensors"))

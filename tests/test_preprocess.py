@@ -16,8 +16,8 @@ from aa_runtime.errors import AAError, MissingDependencyError
 from aa_runtime.poses import COLORS, PoseSequence, bone_lengths, load_annotations, sidecar_path
 from aa_runtime.video import write_video
 from aa_train import annotators
-from aa_train.preprocess import (IdentityData, PrepareConfig, crop_clip, prepare_identity, resample_indices,
-                                 square_crop_box, write_preview)
+from aa_train.preprocess import (READ_SETTINGS, IdentityData, PrepareConfig, ReadSettings, crop_clip,
+                                 prepare_identity, resample_indices, square_crop_box, write_preview)
 from aa_world.captions import class_caption, identity_caption
 from aa_world.clips import ClipSpec, render_clip, write_clip
 
@@ -37,7 +37,9 @@ def world(tmp_path_factory):
 
 
 def cfg(video, tmp_path, **kw) -> PrepareConfig:
-    return PrepareConfig(video=video, token="<me>", class_word="man", cache_dir=tmp_path / "cache", **kw)
+    """A PrepareConfig; keywords of ReadSettings (how the video is read) go into its `read`."""
+    read = ReadSettings(**{k: kw.pop(k) for k in READ_SETTINGS if k in kw})
+    return PrepareConfig(video=video, token="<me>", class_word="man", cache_dir=tmp_path / "cache", read=read, **kw)
 
 
 def expected_mask(mask: np.ndarray, box, res: int) -> np.ndarray:
