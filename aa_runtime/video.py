@@ -43,7 +43,7 @@ def read_video(path: str | Path, max_frames: int | None = None, default_fps: flo
         if not files:
             raise AAError("video folder", f"{path} holds no images",
                           f"put frames ({', '.join(sorted(IMAGE_SUFFIXES))}) in it")
-        frames = [_read_image(f) for f in files]
+        frames = [read_image(f) for f in files]
         if len({f.shape for f in frames}) != 1:
             raise AAError("video folder", f"{path}: images differ in size", "use frames of one size")
         return VideoClip(np.stack(frames), default_fps)
@@ -52,8 +52,8 @@ def read_video(path: str | Path, max_frames: int | None = None, default_fps: flo
     return _read_av(path, max_frames)
 
 
-def _read_image(path: Path) -> np.ndarray:
-    """One frame of a folder: uint8 (H, W, 3)."""
+def read_image(path: Path) -> np.ndarray:
+    """One still image (a frame of a folder, a training image): uint8 (H, W, 3)."""
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))

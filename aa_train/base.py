@@ -1,4 +1,5 @@
-"""`aa-train base`: train a pose-conditioned base bundle on the synthetic world.
+"""`aa-train base`: train a pose-conditioned base bundle on the synthetic world and/or shards prepared from your
+own videos and images (`aa-train prepare`, aa_train.data), mixed by weight.
 
 Stages, each resumable from its own checkpoint:
   vae    — AutoencoderKL on world frames (person pixels weighted up so clothing colours survive).
@@ -33,6 +34,7 @@ from aa_runtime.tiny import TinyConfig, build_random_base
 
 from .grounding import grounding_losses, reset_grounding_attention, set_grounding_attention, token_regions
 from .losses import latent_masks
+from .data import check_training_specs, load_training_data
 from .world_data import WorldSource, render_world
 
 Stage = Literal["vae", "image", "video"]
@@ -44,7 +46,7 @@ class BaseTrainConfig:
     """The recipe; saved in the bundle manifest."""
 
     output: Path
-    data: str = "world:4000"
+    data: tuple[str, ...] = ("world:4000",)  # --data sources (aa_train.data): world:N[:SEED], shards:DIR, @WEIGHT
     stages: tuple[Stage, ...] = STAGES
     work_dir: Path = Path("runs/aa-tiny")
     size: int = 64
@@ -95,7 +97,9 @@ class BaseTrainConfig:
             raise AAError("mixed-precision", self.mixed_precision, "use no or bf16")
         if self.size % 16:
             raise AAError("size", self.size, "use a multiple of 16")
-        WorldSource.parse(self.data, self.size, self.frames, self.fps)
+        if isinstance(self.data, str):
+            object.__setattr__(self, "data", (self.data,))
+        check_training_specs(self.data, self.size, self.frames, self.fps)
 
 
 def zero_motion_outputs(unet) -> None:
@@ -386,14 +390,15 @@ def denoising_loss(base, noise_scheduler, z, p, captions, t, noise, *, train_tex
     return (w * (pred - noise).pow(2)).sum() / w.sum()
 
 
-def train_unet(cfg, acc, base, clips, stage: Stage, log, latents, pose_latents) -> dict:
-    """Stage `image` (frames as independent images) or `video` (clips of F frames)."""
+def train_unet(cfg, acc, base, data, stage: Stage, log, latents, pose_latents) -> dict:
+    """Stage `image` (frames as independent images) or `video` (clips of F frames, never a still image's)."""
     from diffusers import DDPMScheduler
 
+    clips = data.clips
     steps = cfg.image_steps if stage == "image" else cfg.video_steps
     runner = StageRunner(cfg, acc, base, stage, steps, cfg.lr, log)
     noise_scheduler = DDPMScheduler.from_config(base.scheduler_config)
-    n, f = latents.shape[:2]  # latents (N, F, 4, h, w)
+    f = latents.shape[1]  # latents (N, F, 4, h, w)
     weighted = cfg.denoise_person_weight != 1
     if weighted:  # (N, F, h, w), once: the masks are fixed like the latents
         person_w = latent_person_weights(torch.from_numpy(clips.masks), tuple(latents.shape[-2:]),
@@ -407,12 +412,12 @@ def train_unet(cfg, acc, base, clips, stage: Stage, log, latents, pose_latents) 
     def loss_fn(step):
         rng = _batch_rng(cfg, stage, step, acc.process_index)
         if stage == "image":
-            ci, fi = rng.integers(0, n, cfg.image_batch), rng.integers(0, f, cfg.image_batch)
+            ci, fi = data.draw(rng, cfg.image_batch, video=False), rng.integers(0, f, cfg.image_batch)
             z = latents[ci, fi].float()[:, :, None]  # (B, 4, 1, h, w)
             p = pose_latents[ci, fi].float()[:, :, None]
             w = person_w[ci, fi].float()[:, None, None] if weighted else None  # (B, 1, 1, h, w)
         else:
-            ci = rng.integers(0, n, cfg.video_batch)
+            ci = data.draw(rng, cfg.video_batch, video=True)
             z = latents[ci].float().permute(0, 2, 1, 3, 4)  # (B, F, 4, h, w) → (B, 4, F, h, w)
             p = pose_latents[ci].float().permute(0, 2, 1, 3, 4)
             w = person_w[ci].float()[:, None] if weighted else None  # (B, 1, F, h, w)
@@ -473,9 +478,9 @@ def train_base(cfg: BaseTrainConfig, log=print) -> Path:
     torch.manual_seed(cfg.seed)
     work = Path(cfg.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    src = WorldSource.parse(cfg.data, cfg.size, cfg.frames, cfg.fps)
     main_log = log if acc.is_main_process else (lambda *_: None)
-    clips = render_world(src, work / "cache", log=main_log)
+    data = load_training_data(cfg.data, cfg.size, cfg.frames, cfg.fps, work / "cache", log=main_log)
+    clips = data.clips
     state_file = work / "state.json"
     state = json.loads(state_file.read_text()) if cfg.resume and state_file.is_file() else {"done": {}}
 
@@ -505,16 +510,16 @@ def train_base(cfg: BaseTrainConfig, log=print) -> Path:
             summary = train_vae(cfg, acc, base, clips, log)
         else:
             if latents is None:  # pre-encode once with the (now fixed) VAE
-                latents, pose_latents = cached_latents(base.vae, clips, work / "cache" / f"latents-{src.key}", main_log,
+                latents, pose_latents = cached_latents(base.vae, clips, work / "cache" / f"latents-{data.key}", main_log,
                                                        acc.process_index, acc.num_processes, acc.wait_for_everyone)
-            summary = train_unet(cfg, acc, base, clips, stage, log, latents, pose_latents)
+            summary = train_unet(cfg, acc, base, data, stage, log, latents, pose_latents)
         state["done"][stage] = summary
         check_ranks_agree(acc, base, work, stage)
         if acc.is_main_process:
             for m in (base.unet, base.vae, base.text_encoder):
                 m.eval()
             provenance = {"recipe": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-                          "data": asdict(src), "stages": state["done"], "torch": torch.__version__,
+                          "data": data.described, "stages": state["done"], "torch": torch.__version__,
                           "processes": acc.num_processes, **({"init": started_from} if started_from else {})}
             save_bundle(base, init, half=False, name="aa-tiny", provenance=provenance, tokenizer_dir=tok_dir)
             save_bundle(base, cfg.output, half=True, name="aa-tiny", provenance=provenance, tokenizer_dir=tok_dir)

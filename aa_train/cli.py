@@ -20,7 +20,9 @@ def main():
 
 
 @main.command("base")
-@click.option("--data", default="world:4000", show_default=True, help="world:N[:SEED] — N synthetic clips.")
+@click.option("--data", multiple=True, default=("world:4000",), show_default=True,
+              help="Repeatable, SPEC[@WEIGHT]: world:N[:SEED] (N synthetic clips) or shards:DIR (aa-train prepare's "
+                   "output); sources are drawn by weight, e.g. --data shards:mine --data world:4000@0.2.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Bundle folder to write (fp16).")
 @click.option("--stages", default="vae,image,video", show_default=True, help="Comma list of vae, image, video.")
 @click.option("--work-dir", default="runs/aa-tiny", show_default=True, type=click.Path(path_type=Path),
@@ -72,6 +74,39 @@ def base_cmd(data, output, stages, work_dir, size, frames, vae_steps, image_step
     except AAError as e:
         fail(e)
     click.echo(f"  bundle: {path}")
+
+
+@main.command("prepare")
+@click.option("--data", multiple=True, required=True,
+              help="Repeatable: videos:DIR (mp4/mov/webm/avi/mkv/gif, recursively) or images:DIR (png/jpg/webp).")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="Shard folder to write (index.json + shard-*.npz); a re-run continues it.")
+@click.option("--size", default=64, show_default=True, help="Square crop side in pixels.")
+@click.option("--frames", default=8, show_default=True, help="Frames per clip.")
+@click.option("--fps", default=8.0, show_default=True, help="Clip frame rate (never above the video's).")
+@click.option("--stride", type=int, default=None, help="Frames between clip starts [--frames: no overlap].")
+@click.option("--clips-per-video", default=8, show_default=True)
+@click.option("--clips-per-shard", default=256, show_default=True)
+@click.option("--min-person-fraction", default=0.75, show_default=True,
+              help="Clips with a person in fewer of their frames are rejected (and counted).")
+@click.option("--class-word", default="person", show_default=True, help="What uncaptioned files are called.")
+@click.option("--captioner", type=click.Choice(["template", "openai"]), default="template", show_default=True,
+              help="For files without a caption: 'a photo of CLASS', or an OpenAI-compatible vision model "
+                   "(key from OPENAI_API_KEY).")
+@click.option("--openai-model", default="gpt-4o", show_default=True)
+@click.option("--workers", default=1, show_default=True, help="Processes decoding and annotating files.")
+def prepare_cmd(data, output, **options):
+    """Turn folders of videos or images into shards of training clips for `aa-train base --data shards:DIR`:
+    decode, sample clips, crop around the person, poses and masks (.aa.json sidecar or MediaPipe), captions
+    (metadata.jsonl, WebVid CSV, .txt, or the captioner), skeleton renders."""
+    from .data import PrepareDataConfig, prepare_data
+
+    try:
+        prepare_data(PrepareDataConfig(data=tuple(data), output=output, **options),
+                     log=lambda m: click.echo(m, err=True))
+    except AAError as e:
+        fail(e)
+    click.echo(f"  shards: {output}")
 
 
 @main.command("identity")
