@@ -73,7 +73,11 @@ class BaseTrainConfig:
     seed: int = 0
     resume: bool = False
     threads: int = 1
-    init: str | None = None  # start from this bundle instead of random weights
+    init: str | None = None  # start from this bundle (or an SD1.5 folder + motion_module) instead of random weights
+    motion_module: str | None = None  # AnimateDiff motion module for an SD1.5 --init
+    # the image stage trains the text encoder too; default: yes for aa bundles and the tiny config, no for SD1.5
+    # weights (frozen, as AnimateDiff and HumanSD train on a pretrained CLIP)
+    train_text_encoder: bool | None = None
     vocab_size: int = 1024
     max_tokens: int = 64
 
@@ -97,6 +101,9 @@ class BaseTrainConfig:
             raise AAError("mixed-precision", self.mixed_precision, "use no or bf16")
         if self.size % 16:
             raise AAError("size", self.size, "use a multiple of 16")
+        if self.motion_module and not self.init:
+            raise AAError("motion-module", self.motion_module, "give --init SD15_FOLDER with it (the tiny config "
+                          "has motion modules of its own)")
         if isinstance(self.data, str):
             object.__setattr__(self, "data", (self.data,))
         check_training_specs(self.data, self.size, self.frames, self.fps)
@@ -110,8 +117,9 @@ def zero_motion_outputs(unet) -> None:
             torch.nn.init.zeros_(module.bias)
 
 
-def trainable_parameters(base, stage: Stage) -> list[torch.nn.Parameter]:
-    """Set requires_grad for `stage` and return the parameters that train."""
+def trainable_parameters(base, stage: Stage, train_text: bool = True) -> list[torch.nn.Parameter]:
+    """Set requires_grad for `stage` and return the parameters that train (`train_text`: the text encoder's in the
+    image stage)."""
     for m in (base.unet, base.vae, base.text_encoder):
         m.requires_grad_(False)
     if stage == "vae":
@@ -119,7 +127,7 @@ def trainable_parameters(base, stage: Stage) -> list[torch.nn.Parameter]:
         return list(base.vae.parameters())
     if stage == "image":
         params = [p for n, p in base.unet.named_parameters() if "motion_modules" not in n]
-        params += list(base.text_encoder.parameters())
+        params += list(base.text_encoder.parameters()) if train_text else []
     else:
         params = [p for n, p in base.unet.named_parameters() if "motion_modules" in n]
     for p in params:
@@ -168,12 +176,18 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- stages
+def train_text_encoder(cfg: BaseTrainConfig) -> bool:
+    """Whether the image stage trains the text encoder: as asked, else not for pretrained SD1.5 weights (an --init
+    that needs a motion module)."""
+    return cfg.train_text_encoder if cfg.train_text_encoder is not None else not cfg.motion_module
+
+
 class StageRunner:
     """One stage's loop: accelerate-prepared model and optimizer, EMA, checkpoints, progress."""
 
     def __init__(self, cfg: BaseTrainConfig, accelerator, base, stage: Stage, steps: int, lr: float, log):
         self.cfg, self.acc, self.base, self.stage, self.steps, self.log = cfg, accelerator, base, stage, steps, log
-        self.params = trainable_parameters(base, stage)
+        self.params = trainable_parameters(base, stage, train_text=train_text_encoder(cfg))
         self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=0.0 if stage == "vae" else 1e-2)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg.warmup, steps))
         self.ema = EMA(self.params, cfg.ema)
@@ -404,6 +418,7 @@ def train_unet(cfg, acc, base, data, stage: Stage, log, latents, pose_latents) -
         person_w = latent_person_weights(torch.from_numpy(clips.masks), tuple(latents.shape[-2:]),
                                          cfg.denoise_person_weight).half()
     grounded = stage == "image" and (cfg.grounding_token_weight > 0 or cfg.grounding_pixel_weight > 0)
+    text = train_text_encoder(cfg)
     if grounded:
         token_bits = token_regions(base.tokenizer, clips.captions, clips.spans, base.tokenizer.model_max_length)
         store = set_grounding_attention(base.unet)
@@ -427,10 +442,10 @@ def train_unet(cfg, acc, base, data, stage: Stage, log, latents, pose_latents) -
         noise = torch.randn(z.shape, generator=g)
         t = torch.from_numpy(rng.integers(0, noise_scheduler.config.num_train_timesteps, z.shape[0]))
         if not grounded:
-            return denoising_loss(base, noise_scheduler, z, p, caps, t, noise, train_text=stage == "image",
+            return denoising_loss(base, noise_scheduler, z, p, caps, t, noise, train_text=stage == "image" and text,
                                   device=acc.device, weights=w)
         store.clear()
-        loss = denoising_loss(base, noise_scheduler, z, p, caps, t, noise, train_text=True, device=acc.device,
+        loss = denoising_loss(base, noise_scheduler, z, p, caps, t, noise, train_text=text, device=acc.device,
                               weights=w)
         bits = token_bits[ci] * torch.from_numpy(~dropped)[:, None]  # a dropped caption grounds nothing
         token_loss, pixel_loss = grounding_losses(store.maps, torch.from_numpy(clips.parts[ci, fi]).to(acc.device),
@@ -490,7 +505,7 @@ def train_base(cfg: BaseTrainConfig, log=print) -> Path:
         base = load_base(init)
         started_from = base.manifest.get("provenance", {}).get("init")
     elif cfg.init:
-        base = load_base(cfg.init)
+        base = load_base(cfg.init, cfg.motion_module)  # an SD1.5 folder: the 8-channel UNet, pose half zero
         started_from = {"bundle": str(cfg.init), "fingerprint": base.fingerprint,
                         "provenance": base.manifest.get("provenance")}
     else:

@@ -49,13 +49,20 @@ def main():
               help="bf16 autocast for each step's forward (on a GPU).")
 @click.option("--warmup", default=500, show_default=True)
 @click.option("--checkpoint-every", default=500, show_default=True)
-@click.option("--init", default=None, help="Start from this bundle instead of random weights.")
+@click.option("--init", default=None,
+              help="Start from this bundle, or a Stable Diffusion 1.5 diffusers folder (with --motion-module), "
+                   "instead of the tiny config's random weights.")
+@click.option("--motion-module", default=None,
+              help="AnimateDiff motion module (folder or file) for an SD1.5 --init.")
+@click.option("--train-text-encoder/--freeze-text-encoder", default=None,
+              help="Train the text encoder in the image stage [on, but off for SD1.5 weights].")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", default=1, show_default=True, help="torch threads per process.")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoints in --work-dir.")
 def base_cmd(data, output, stages, work_dir, size, frames, vae_steps, image_steps, video_steps, vae_batch,
              image_batch, video_batch, lr, vae_lr, denoise_person_weight, grounding_token_weight,
-             grounding_pixel_weight, grounding_pixel_regions, mixed_precision, warmup, checkpoint_every, init, seed, threads, resume):
+             grounding_pixel_weight, grounding_pixel_regions, mixed_precision, warmup, checkpoint_every, init, motion_module,
+             train_text_encoder, seed, threads, resume):
     """Train a pose-conditioned base bundle (VAE, then image stage, then video stage)."""
     from .base import BaseTrainConfig, train_base
 
@@ -69,7 +76,8 @@ def base_cmd(data, output, stages, work_dir, size, frames, vae_steps, image_step
                               grounding_pixel_weight=grounding_pixel_weight,
                               grounding_pixel_regions=grounding_pixel_regions, mixed_precision=mixed_precision,
                               warmup=warmup,
-                              checkpoint_every=checkpoint_every, init=init, seed=seed, threads=threads, resume=resume)
+                              checkpoint_every=checkpoint_every, init=init, motion_module=motion_module,
+                              train_text_encoder=train_text_encoder, seed=seed, threads=threads, resume=resume)
         path = train_base(cfg, log=lambda m: click.echo(m, err=True))
     except AAError as e:
         fail(e)

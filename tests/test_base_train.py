@@ -180,8 +180,8 @@ def test_train_base_runs_every_module_and_batch_on_the_accelerator_device(tmp_pa
         tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
         seen.append((type(module).__name__, device, {t.device for t in tensors}))
 
-    def load_with_hooks(path):
-        b = load_base(path)
+    def load_with_hooks(path, motion_module=None):
+        b = load_base(path, motion_module)
         for m in (b.unet, b.vae.encoder, b.text_encoder):  # the VAE runs through encode(), not forward()
             m.register_forward_pre_hook(check, with_kwargs=True)
         return b

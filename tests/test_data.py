@@ -188,3 +188,26 @@ def test_base_trains_from_shards_mixed_with_the_world(folder, tmp_path, tiny_bun
     assert [d["kind"] for d in data] == ["shards", "world"] and data[0]["clips"] == 4
     res = runner.invoke(main, ["base", "--data", f"videos:{root}", "-o", str(tmp_path / "c")])
     assert res.exit_code == 2 and "aa-train prepare --data videos:" in res.output
+
+
+def test_base_from_sd15_weights_trains_the_pose_channels_with_the_text_encoder_frozen(sd15, tmp_path):
+    """`--init SD15 --motion-module MM`: the 8-channel UNet whose pose half starts at zero (test_model pins its
+    zero-pose output to the 4-channel model's), a frozen text encoder by default, and a bundle that loads."""
+    import torch
+
+    from aa_runtime.model import load_base
+    from aa_train.base import BaseTrainConfig, train_base
+
+    root, motion = sd15
+    cfg = BaseTrainConfig(output=tmp_path / "b", data="world:2", stages=("image", "video"), work_dir=tmp_path / "w",
+                          size=32, frames=2, image_steps=3, video_steps=1, image_batch=2, video_batch=1, warmup=1,
+                          lr=1e-2, init=str(root), motion_module=str(motion))
+    start = load_base(root, motion)
+    assert start.unet.conv_in.weight.shape[1] == 8 and not start.unet.conv_in.weight[:, 4:].any()
+    train_base(cfg, log=lambda *_: None)
+    out = load_base(tmp_path / "b")
+    assert out.unet.conv_in.weight[:, 4:].abs().sum() > 0  # the pose half trained
+    for (k, a), (_, b) in zip(start.text_encoder.state_dict().items(), out.text_encoder.state_dict().items()):
+        assert torch.equal(a.half().float(), b), k  # frozen (the bundle stores fp16)
+    with pytest.raises(AAError, match="--init"):
+        BaseTrainConfig(output=tmp_path / "c", motion_module=str(motion))

@@ -1,6 +1,5 @@
 """Model assembly: bundles, SD1.5 folder + AnimateDiff motion module, conv_in widening, key checks."""
 import copy
-import json
 import re
 import shutil
 
@@ -12,44 +11,6 @@ from aa_runtime.bundle import fingerprint
 from aa_runtime.errors import AAError
 from aa_runtime.model import load_base
 from aa_runtime.sd15 import widen_conv_in
-
-
-def tiny_sd15(tmp_path):
-    """A tiny SD-shaped model saved in the diffusers SD1.5 folder layout, plus a motion adapter folder."""
-    from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from aa_runtime.bundle import DEFAULT_SCHEDULER
-    from aa_runtime.tokenizer import load_clip_tokenizer, train_clip_tokenizer
-
-    torch.manual_seed(0)
-    root = tmp_path / "sd15"
-    tok_dir = train_clip_tokenizer(["a man on a beach", "a woman in a forest"] * 10, root / "tokenizer", 300, 16)
-    tok = load_clip_tokenizer(tok_dir)
-    UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=2,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8,
-    ).save_pretrained(root / "unet")
-    AutoencoderKL(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
-                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8,
-                  layers_per_block=1).save_pretrained(root / "vae")
-    CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                 num_attention_heads=2, max_position_embeddings=16, eos_token_id=tok.eos_token_id,
-                                 bos_token_id=tok.bos_token_id)).save_pretrained(root / "text_encoder")
-    (root / "scheduler").mkdir()
-    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(DEFAULT_SCHEDULER))
-    adapter = MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=2, motion_norm_num_groups=8,
-                            motion_num_attention_heads=8, motion_max_seq_length=32)
-    for p in adapter.parameters():  # a trained adapter is not the identity: make its output projections live
-        torch.nn.init.normal_(p, std=0.02) if p.ndim > 1 else None
-    adapter.save_pretrained(tmp_path / "motion")
-    return root, tmp_path / "motion"
-
-
-@pytest.fixture(scope="module")
-def sd15(tmp_path_factory):
-    return tiny_sd15(tmp_path_factory.mktemp("sd"))
 
 
 def test_sd15_folder_plus_motion_folder(sd15):
