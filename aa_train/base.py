@@ -10,7 +10,8 @@ Stages, each resumable from its own checkpoint:
 ~8 % of a 64 px frame, so under the plain mean the base learns the scene and barely the clothing the captions name.
 Weighting raises the base's attribute score, but identity adapters trained on such a base kept less of the prompted
 scene (README, "Status of the embedded model"), so the default stays the plain mean.
-Runs under `accelerate`: one CPU process by default; several through `torchrun` (accelerate 1.15's `launch --cpu` starts one).
+Runs on `accelerate`: prepare (DDP, mixed precision), accumulate, save_state / load_state, trackers; one CPU process by
+default, several through `torchrun` on CPUs (accelerate 1.15's `launch --cpu` starts one) or `accelerate launch` on GPUs.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import hashlib
 import json
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -68,7 +70,10 @@ class BaseTrainConfig:
     grounding_pixel_weight: float = 0.0  # image stage: weight of the pixel grounding loss
     grounding_pixel_regions: Literal["all", "person"] = "all"  # pixels the pixel loss counts (person: not the scene)
     caption_dropout: float = 0.1  # empty captions, for classifier-free guidance
-    mixed_precision: Literal["no", "bf16"] = "no"  # bf16 autocast around each step's forward (fp32 weights)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # accelerate's autocast around each step (fp32 weights)
+    gradient_accumulation: int = 1  # micro-batches per optimizer step (accelerator.accumulate)
+    report_to: Literal["none", "tensorboard"] = "none"  # accelerate tracker: loss, lr, samples/s, preview grids
+    sample_every: int = 0  # image/video stages: a preview grid (EMA weights) every N steps into work_dir/samples
     checkpoint_every: int = 500
     seed: int = 0
     resume: bool = False
@@ -97,8 +102,19 @@ class BaseTrainConfig:
             raise AAError("lr/ema", f"{self.lr}/{self.ema}", "use 0 < lr < 1 and 0 ≤ ema < 1")
         if self.grounding_pixel_regions not in ("all", "person"):
             raise AAError("grounding-pixel-regions", self.grounding_pixel_regions, "use all or person")
-        if self.mixed_precision not in ("no", "bf16"):
-            raise AAError("mixed-precision", self.mixed_precision, "use no or bf16")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise AAError("mixed-precision", self.mixed_precision, "use no, bf16 or fp16")
+        if self.gradient_accumulation < 1 or self.sample_every < 0:
+            raise AAError("gradient-accumulation/sample-every", f"{self.gradient_accumulation}/{self.sample_every}",
+                          "use ≥ 1 micro-batches and ≥ 0 steps (0 = no previews)")
+        if self.report_to not in ("none", "tensorboard"):
+            raise AAError("report-to", self.report_to, "use none or tensorboard")
+        if self.report_to == "tensorboard":
+            try:
+                import tensorboard  # noqa: F401
+            except ImportError:
+                raise AAError("report-to", "tensorboard is not installed",
+                              "pip install tensorboard (or the train extra: pip install -e .[train])") from None
         if self.size % 16:
             raise AAError("size", self.size, "use a multiple of 16")
         if self.motion_module and not self.init:
@@ -135,35 +151,6 @@ def trainable_parameters(base, stage: Stage, train_text: bool = True) -> list[to
     return params
 
 
-class EMA:
-    """Exponential moving average of parameters (the weights that get saved)."""
-
-    def __init__(self, params: list[torch.nn.Parameter], decay: float):
-        self.params, self.decay = params, decay
-        self.shadow = [p.detach().clone() for p in params]
-
-    @torch.no_grad()
-    def update(self, step: int) -> None:
-        d = min(self.decay, (1 + step) / (10 + step))
-        for s, p in zip(self.shadow, self.params):
-            s.lerp_(p.detach(), 1 - d)
-
-    @torch.no_grad()
-    def copy_to_params(self) -> None:
-        for s, p in zip(self.shadow, self.params):
-            p.copy_(s)
-
-
-def lr_lambda(warmup: int, total: int):
-    """Linear warm-up, then cosine decay to 10 %."""
-    def f(step):
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return f
-
-
 def to_unit(u8: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W, 3) → float (N, 3, H, W) in [-1, 1] on the CPU (the pipeline's converter)."""
     return pipeline_to_unit(u8, "cpu", torch.float32)
@@ -182,84 +169,134 @@ def train_text_encoder(cfg: BaseTrainConfig) -> bool:
     return cfg.train_text_encoder if cfg.train_text_encoder is not None else not cfg.motion_module
 
 
+class StageModule(torch.nn.Module):
+    """The base's modules as one module whose forward is one step's loss (`loss_fn(step)`): what `accelerate.prepare`
+    wraps (DDP across processes, autocast under --mixed-precision), so the library averages the gradients, VAE
+    encode/decode and text encoder included."""
+
+    def __init__(self, base):
+        super().__init__()
+        self.unet, self.vae, self.text_encoder = base.unet, base.vae, base.text_encoder
+
+    def forward(self, loss_fn, step: int) -> torch.Tensor:
+        return loss_fn(step)
+
+
+class Progress:
+    """Step count and loss history, checkpointed with accelerate's state (register_for_checkpointing)."""
+
+    def __init__(self):
+        self.step, self.losses, self.extra = 0, [], {}
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "losses": self.losses, "extra": self.extra}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.losses, self.extra = state["step"], list(state["losses"]), dict(state["extra"])
+
+
 class StageRunner:
-    """One stage's loop: accelerate-prepared model and optimizer, EMA, checkpoints, progress."""
+    """One stage's loop on accelerate: the prepared StageModule, optimizer and LR schedule (diffusers'
+    get_scheduler), gradient accumulation (`accelerator.accumulate`), diffusers' EMAModel, and `save_state` /
+    `load_state` checkpoints (weights, optimizer, schedule, RNG, EMA, progress) for --resume."""
 
     def __init__(self, cfg: BaseTrainConfig, accelerator, base, stage: Stage, steps: int, lr: float, log):
+        from diffusers.optimization import get_scheduler
+        from diffusers.training_utils import EMAModel
+
         self.cfg, self.acc, self.base, self.stage, self.steps, self.log = cfg, accelerator, base, stage, steps, log
         self.params = trainable_parameters(base, stage, train_text=train_text_encoder(cfg))
-        self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=0.0 if stage == "vae" else 1e-2)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg.warmup, steps))
-        self.ema = EMA(self.params, cfg.ema)
-        self.ckpt = Path(cfg.work_dir) / f"{stage}.pt"
-        self.step, self.losses = 0, []
-        self.extra: dict[str, list[float]] = {}  # further loss terms to log, name → per-step values
-        if cfg.resume and self.ckpt.is_file():
-            state = torch.load(self.ckpt, map_location="cpu", weights_only=False)
-            with torch.no_grad():
-                for p, v in zip(self.params, state["params"]):
-                    p.copy_(v)
-                for s, v in zip(self.ema.shadow, state["ema"]):
-                    s.copy_(v)
-            self.opt.load_state_dict(state["opt"])
-            self.sched.load_state_dict(state["sched"])
-            self.step, self.losses = state["step"], state["losses"]
-            self.log(f"[{stage}] resumed at step {self.step}/{steps}")
+        opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=0.0 if stage == "vae" else 1e-2)
+        sched = get_scheduler("cosine", opt, num_warmup_steps=min(cfg.warmup, steps), num_training_steps=steps)
+        self.model, self.opt, self.sched = accelerator.prepare(StageModule(base), opt, sched)
+        self.ema = EMAModel(self.params, decay=cfg.ema)
+        self.progress = Progress()
+        self.extra = self.progress.extra  # further loss terms to log, name → per-step values
+        # a fresh prepare per stage: registered objects are checkpointed in this order, so keep only this stage's
+        accelerator._custom_objects = []
+        accelerator.register_for_checkpointing(self.ema, self.progress)
+        self.state_dir = Path(cfg.work_dir) / f"{stage}-state"
+        if cfg.resume and self.state_dir.is_dir():
+            accelerator.load_state(str(self.state_dir))
+            self.ema.to(accelerator.device)
+            self.log(f"[{stage}] resumed at step {self.progress.step}/{steps}")
+
+    @property
+    def step(self) -> int:
+        return self.progress.step
+
+    @property
+    def losses(self) -> list[float]:
+        return self.progress.losses
 
     def save(self) -> None:
-        if not self.acc.is_main_process:
-            return
-        self.ckpt.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.ckpt.with_suffix(".tmp")
-        torch.save({"params": [p.detach() for p in self.params], "ema": self.ema.shadow,
-                    "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
-                    "step": self.step, "losses": self.losses}, tmp)
-        tmp.replace(self.ckpt)
+        """accelerate's save_state into a temporary folder, renamed over the last one when every rank is done."""
+        import shutil
 
-    def run(self, loss_fn, evaluate=None) -> dict:
-        """Train the stage's parameters with `loss_fn(step) -> loss`; `evaluate()` → str at each checkpoint."""
+        tmp = self.state_dir.with_name(self.state_dir.name + ".tmp")
+        self.acc.save_state(str(tmp))
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            if self.state_dir.exists():
+                shutil.rmtree(self.state_dir)
+            tmp.rename(self.state_dir)
+        self.acc.wait_for_everyone()
+
+    def run(self, loss_fn, evaluate=None, preview=None) -> dict:
+        """Train the stage's parameters with `loss_fn(micro_step) -> loss` (one micro-batch; `gradient_accumulation`
+        of them per step); `evaluate()` → str at each checkpoint, `preview(step)` every `sample_every` steps."""
+        acc, accum = self.acc, self.cfg.gradient_accumulation
         t0, start = time.time(), self.step
         while self.step < self.steps:
-            with torch.autocast(self.acc.device.type, dtype=torch.bfloat16,
-                                enabled=self.cfg.mixed_precision == "bf16"):
-                loss = loss_fn(self.step)
-            self.acc.backward(loss)
-            average_gradients(self.params, self.acc)
-            torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-            self.opt.step()
-            self.sched.step()
-            self.opt.zero_grad(set_to_none=True)
-            self.ema.update(self.step)
-            self.losses.append(float(loss.detach()))
-            self.step += 1
+            for micro in range(accum):
+                with acc.accumulate(self.model):
+                    loss = self.model(loss_fn, self.step * accum + micro)
+                    acc.backward(loss)
+                    if acc.sync_gradients:
+                        acc.clip_grad_norm_(self.params, 1.0)
+                    self.opt.step()
+                    if acc.sync_gradients:
+                        self.sched.step()
+                    self.opt.zero_grad(set_to_none=True)
+            self.ema.step(self.params)
+            self.progress.losses.append(float(loss.detach()))
+            self.progress.step += 1
             if self.step % 50 == 0 or self.step == self.steps:
                 rate = (self.step - start) / max(1e-6, time.time() - t0)
                 eta = (self.steps - self.step) / max(rate, 1e-6)
-                extra = "".join(f" {k} {np.mean(v[-50:]):.4f}" for k, v in self.extra.items() if v)
-                self.log(f"[{self.stage}] step {self.step}/{self.steps} loss {np.mean(self.losses[-50:]):.4f}{extra} "
-                         f"{rate:.2f} it/s eta {eta / 60:.1f} min")
+                extra = {k: float(np.mean(v[-50:])) for k, v in self.extra.items() if v}
+                self.log(f"[{self.stage}] step {self.step}/{self.steps} loss {np.mean(self.losses[-50:]):.4f}"
+                         + "".join(f" {k} {v:.4f}" for k, v in extra.items())
+                         + f" {rate:.2f} it/s eta {eta / 60:.1f} min")
+                acc.log({f"{self.stage}/loss": float(np.mean(self.losses[-50:])),
+                         f"{self.stage}/lr": self.sched.get_last_lr()[0],
+                         f"{self.stage}/samples_per_s": rate * self.batch * accum * acc.num_processes,
+                         **{f"{self.stage}/{k}": v for k, v in extra.items()}}, step=self.step)
             if self.step % self.cfg.checkpoint_every == 0 or self.step == self.steps:
                 self.save()
-                if evaluate is not None and self.acc.is_main_process:
+                if evaluate is not None and acc.is_main_process:
                     self.log(f"[{self.stage}] step {self.step}: {evaluate()}")
-        self.ema.copy_to_params()
+            if preview is not None and self.cfg.sample_every and (self.step % self.cfg.sample_every == 0
+                                                                   or self.step == self.steps):
+                with self.ema_weights():
+                    preview(self.step)
+        self.ema.copy_to(self.params)
         tail = self.losses[-200:]
         return {"steps": self.steps, "final_loss": float(np.mean(tail)) if tail else None}
 
+    @property
+    def batch(self) -> int:
+        return {"vae": self.cfg.vae_batch, "image": self.cfg.image_batch, "video": self.cfg.video_batch}[self.stage]
 
-def average_gradients(params: list[torch.nn.Parameter], acc) -> None:
-    """All-reduce (mean) the gradients of every rank in one flat buffer: DDP's semantics, but it also covers
-    modules used outside their forward (VAE encode/decode) and several models at once (UNet + text encoder)."""
-    if acc.num_processes == 1:
-        return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    torch.distributed.all_reduce(flat)
-    flat /= acc.num_processes
-    offset = 0
-    for p, g in zip(params, grads):
-        p.grad = flat[offset:offset + g.numel()].view_as(g).clone()
-        offset += g.numel()
+    @contextmanager
+    def ema_weights(self):
+        """The EMA weights in place of the training ones, for previews (restored after)."""
+        self.ema.store(self.params)
+        self.ema.copy_to(self.params)
+        try:
+            yield
+        finally:
+            self.ema.restore(self.params)
 
 
 def _batch_rng(cfg: BaseTrainConfig, stage: str, step: int, rank: int) -> np.random.Generator:
@@ -455,8 +492,22 @@ def train_unet(cfg, acc, base, data, stage: Stage, log, latents, pose_latents) -
         runner.extra["grounding_pixel"].append(float(pixel_loss.detach()))
         return loss + cfg.grounding_token_weight * token_loss + cfg.grounding_pixel_weight * pixel_loss
 
+    def preview(step: int) -> None:
+        if not acc.is_main_process:
+            return
+        from PIL import Image
+
+        grid = preview_grid(base, data, cfg, acc.device)
+        if grounded:
+            store.clear()
+        folder = Path(cfg.work_dir) / "samples"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(grid).save(folder / f"{stage}-{step:06d}.png")
+        if cfg.report_to == "tensorboard":
+            acc.get_tracker("tensorboard").log_images({f"{stage}/preview": grid}, step, dataformats="HWC")
+
     try:
-        summary = runner.run(loss_fn)
+        summary = runner.run(loss_fn, preview=preview)
     finally:
         if grounded:
             reset_grounding_attention(base.unet, store)
@@ -465,22 +516,45 @@ def train_unet(cfg, acc, base, data, stage: Stage, log, latents, pose_latents) -
     return summary
 
 
-def check_ranks_agree(acc, base, work: Path, stage: str) -> None:
-    """Every rank writes a hash of its exact weights; rank 0 refuses to go on if they differ (DDP drift)."""
+def check_ranks_agree(acc, base, stage: str) -> list[str]:
+    """Every rank's hash of its exact weights, gathered (accelerate.utils.gather_object); refuses to go on when they
+    differ (DDP drift). Returns the hashes, one per rank."""
     h = hashlib.sha256()
     for module in (base.unet, base.vae, base.text_encoder):
         for name, t in sorted(module.state_dict().items()):
             h.update(name.encode())
             h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    fp = h.hexdigest()
-    ranks = work / "ranks"
-    ranks.mkdir(parents=True, exist_ok=True)
-    (ranks / f"{stage}-rank{acc.process_index}.txt").write_text(fp)
-    acc.wait_for_everyone()
-    if acc.is_main_process:
-        seen = {(ranks / f"{stage}-rank{i}.txt").read_text() for i in range(acc.num_processes)}
-        if len(seen) != 1:
-            raise RuntimeError(f"ranks disagree after stage {stage}: {sorted(seen)}")
+    from accelerate.utils import gather_object
+
+    seen = gather_object([h.hexdigest()[:16]])
+    if len(set(seen)) != 1:
+        raise RuntimeError(f"ranks disagree after stage {stage}: {seen}")
+    return seen
+
+
+def preview_grid(base, data, cfg: BaseTrainConfig, device) -> np.ndarray:
+    """Two captions of the training data × two built-in motions, sampled in 10 steps: uint8 (rows·S, F·S, 3), one
+    row per (caption, motion), the frames left to right, so a user sees the pose channels come alive."""
+    from aa_runtime.pipeline import AnimatePipeline
+    from aa_runtime.pose_sources import motion_poses
+
+    pipe = AnimatePipeline.from_base(base)
+    captions = [data.clips.captions[0], data.clips.captions[len(data.clips.captions) // 2]]
+    rows = []
+    modules = (base.unet, base.vae, base.text_encoder)
+    for m in modules:
+        m.eval()
+    try:
+        for caption in captions:
+            for motion in ("wave", "dance"):
+                poses = motion_poses(motion, cfg.frames, cfg.fps, cfg.size, cfg.size)
+                out = pipe(caption, poses, num_inference_steps=10, height=cfg.size, width=cfg.size, seed=0,
+                           progress=False)
+                rows.append(np.concatenate(list(out.frames), axis=1))
+    finally:
+        for m in modules:
+            m.train()
+    return np.concatenate(rows, axis=0)
 
 
 # ----------------------------------------------------------------------------------------------- entry
@@ -489,10 +563,15 @@ def train_base(cfg: BaseTrainConfig, log=print) -> Path:
     from accelerate import Accelerator
 
     torch.set_num_threads(cfg.threads)
-    acc = Accelerator(cpu=not torch.cuda.is_available())
-    torch.manual_seed(cfg.seed)
     work = Path(cfg.work_dir)
     work.mkdir(parents=True, exist_ok=True)
+    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
+                      gradient_accumulation_steps=cfg.gradient_accumulation, step_scheduler_with_optimizer=False,
+                      log_with=None if cfg.report_to == "none" else cfg.report_to, project_dir=str(work / "logs"))
+    if cfg.report_to != "none":
+        acc.init_trackers("aa-train-base", config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                                                   for k, v in asdict(cfg).items()})
+    torch.manual_seed(cfg.seed)
     main_log = log if acc.is_main_process else (lambda *_: None)
     data = load_training_data(cfg.data, cfg.size, cfg.frames, cfg.fps, work / "cache", log=main_log)
     clips = data.clips
@@ -529,7 +608,7 @@ def train_base(cfg: BaseTrainConfig, log=print) -> Path:
                                                        acc.process_index, acc.num_processes, acc.wait_for_everyone)
             summary = train_unet(cfg, acc, base, data, stage, log, latents, pose_latents)
         state["done"][stage] = summary
-        check_ranks_agree(acc, base, work, stage)
+        state.setdefault("rank_hashes", {})[stage] = check_ranks_agree(acc, base, stage)
         if acc.is_main_process:
             for m in (base.unet, base.vae, base.text_encoder):
                 m.eval()
@@ -542,4 +621,5 @@ def train_base(cfg: BaseTrainConfig, log=print) -> Path:
             for m in (base.unet, base.vae, base.text_encoder):
                 m.train()
         acc.wait_for_everyone()
+    acc.end_training()
     return Path(cfg.output)

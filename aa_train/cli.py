@@ -45,8 +45,14 @@ def main():
               help="Image stage: pixel grounding loss weight (each pixel attends to its part's words; 0 = off).")
 @click.option("--grounding-pixel-regions", type=click.Choice(["all", "person"]), default="all", show_default=True,
               help="Pixels the pixel grounding loss counts: every grounded region, or the person's parts only.")
-@click.option("--mixed-precision", type=click.Choice(["no", "bf16"]), default="no", show_default=True,
-              help="bf16 autocast for each step's forward (on a GPU).")
+@click.option("--mixed-precision", type=click.Choice(["no", "bf16", "fp16"]), default="no", show_default=True,
+              help="accelerate's autocast around each step (bf16 on a GPU).")
+@click.option("--gradient-accumulation", default=1, show_default=True, help="Micro-batches per optimizer step.")
+@click.option("--report-to", type=click.Choice(["none", "tensorboard"]), default="none", show_default=True,
+              help="Log loss, lr, samples/s and preview grids to TensorBoard under WORK_DIR/logs.")
+@click.option("--sample-every", default=0, show_default=True,
+              help="Image and video stages: a preview grid (EMA weights, 2 captions × 2 motions) every N steps "
+                   "into WORK_DIR/samples (0 = off).")
 @click.option("--warmup", default=500, show_default=True)
 @click.option("--checkpoint-every", default=500, show_default=True)
 @click.option("--init", default=None,
@@ -61,7 +67,8 @@ def main():
 @click.option("--resume", is_flag=True, help="Continue from the checkpoints in --work-dir.")
 def base_cmd(data, output, stages, work_dir, size, frames, vae_steps, image_steps, video_steps, vae_batch,
              image_batch, video_batch, lr, vae_lr, denoise_person_weight, grounding_token_weight,
-             grounding_pixel_weight, grounding_pixel_regions, mixed_precision, warmup, checkpoint_every, init, motion_module,
+             grounding_pixel_weight, grounding_pixel_regions, mixed_precision, gradient_accumulation,
+             report_to, sample_every, warmup, checkpoint_every, init, motion_module,
              train_text_encoder, seed, threads, resume):
     """Train a pose-conditioned base bundle (VAE, then image stage, then video stage)."""
     from .base import BaseTrainConfig, train_base
@@ -75,6 +82,8 @@ def base_cmd(data, output, stages, work_dir, size, frames, vae_steps, image_step
                               grounding_token_weight=grounding_token_weight,
                               grounding_pixel_weight=grounding_pixel_weight,
                               grounding_pixel_regions=grounding_pixel_regions, mixed_precision=mixed_precision,
+                              gradient_accumulation=gradient_accumulation, report_to=report_to,
+                              sample_every=sample_every,
                               warmup=warmup,
                               checkpoint_every=checkpoint_every, init=init, motion_module=motion_module,
                               train_text_encoder=train_text_encoder, seed=seed, threads=threads, resume=resume)
