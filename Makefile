@@ -10,10 +10,11 @@ export HF_HUB_OFFLINE := 1
 
 .PHONY: install demo test bench clean
 
-$(STAMP): setup.py requirements.txt requirements-real.txt requirements-dev.txt
+$(STAMP): setup.py requirements.txt requirements-real.txt requirements-dev.txt requirements-studio.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt \
+		-r requirements-studio.txt
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -r requirements-real.txt
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	$(BIN)/python -c "import torch, diffusers, peft, onnx, mediapipe; assert torch.__version__.startswith('2.13.0')"

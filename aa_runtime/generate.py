@@ -75,9 +75,11 @@ class RunConfig:
             raise AAError("adapter-scale", self.adapter_scale, "it weighs an --adapter: give one, or drop the flag")
 
 
-def run(cfg: RunConfig, warn=lambda message: print(message, file=sys.stderr)) -> dict[str, Path]:
+def run(cfg: RunConfig, warn=lambda message: print(message, file=sys.stderr), base=None) -> dict[str, Path]:
     """Load the base, merge the adapter, get poses, sample, and write mp4 + gif + preview + JSON sidecar; returns
-    the written paths by kind. `warn` receives warnings meant for the user (an untrained base)."""
+    the written paths by kind. `warn` receives warnings meant for the user (an untrained base). `base`: an already
+    loaded BaseModel to use instead of loading cfg.base (an app that serves many runs); an adapter is merged into
+    its UNet, so the caller restores the weights before the next run."""
     from .adapters import load_adapter, parse_lora_spec
     from .model import load_base
     from .pipeline import AnimatePipeline
@@ -91,7 +93,8 @@ def run(cfg: RunConfig, warn=lambda message: print(message, file=sys.stderr)) ->
         if not path.is_file():
             raise AAError("lora", f"{path} does not exist", "pass a LoRA .safetensors, optionally PATH:WEIGHT")
     pose_seq = load_pose_source(cfg.pose, cfg.pose_backend) if cfg.pose else None
-    base = load_base(cfg.base, cfg.motion_module, device=device, dtype=dtype)
+    if base is None:
+        base = load_base(cfg.base, cfg.motion_module, device=device, dtype=dtype)
     if base.untrained_unet:
         stages = ", ".join(base.trained_stages) or "none"
         warn(f"warning: {base.source} has only these trained stages: {stages}; its UNet is untrained, "

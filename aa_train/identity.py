@@ -705,9 +705,9 @@ class IdentityTrainer:
         return total
 
     # ----------------------------------------------------------------------------- both stages
-    def run(self, log=print) -> float:
+    def run(self, log=print, progress=None) -> float:
         """Stage 1 (images, motion modules off), then stage 2 (clips, motion modules on), from where a resumed
-        checkpoint left off; returns the training seconds."""
+        checkpoint left off; returns the training seconds. `progress(stage, step, total, loss)` after every step."""
         from tqdm.auto import tqdm
 
         cfg, t0 = self.cfg, time.time()
@@ -722,6 +722,8 @@ class IdentityTrainer:
                     self.losses[stage].append(self.step(stage, rng))
                     self.done[stage] = step + 1
                     bar.set_postfix(loss=f"{np.mean(self.losses[stage][-20:]):.4f}")
+                    if progress is not None:
+                        progress(stage, step + 1, total, self.losses[stage][-1])
                     if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
                         self.save_checkpoint()
             tail = np.mean(self.losses[stage][-50:]) if self.losses[stage] else float("nan")
@@ -777,8 +779,10 @@ def write_adapter(cfg: IdentityTrainConfig, trainer: IdentityTrainer, ref: Refer
 # ------------------------------------------------------------------------------------------- entry point
 def train_identity(cfg: IdentityTrainConfig, log=print, *,
                    trainable: Callable[[torch.nn.Module, IdentityTrainConfig], Trainable] = lora_parameters,
-                   reference: Callable[[Reference], Reference] | None = None) -> IdentityResult:
+                   reference: Callable[[Reference], Reference] | None = None,
+                   progress: Callable[[str, int, int, float], None] | None = None) -> IdentityResult:
     """Prepare the reference video, train both stages, write the adapter (+ loss curve and preview).
+    `progress(stage, step, total, loss)` is called after every training step (a progress bar, a live plot).
     `trainable` picks what trains (default: the LoRA adapter; anything else writes no adapter file and leaves the
     trained model in `result.base`), `reference` may change the prepared reference (benchmark ablations)."""
     base, token_id = load_identity_base(cfg)                                   # 0. base (+ the identifier's token)
@@ -792,7 +796,7 @@ def train_identity(cfg: IdentityTrainConfig, log=print, *,
     log(f"caches ready ({time.time() - t0:.1f}s)")                             # 2. latents, texts, prior videos
     trainer = IdentityTrainer(cfg, base, ref, tensors, trainable(base.unet, cfg), token_id, work)  # 3. params
     trainer.resume(log)
-    train_s = trainer.run(log)                                                 # 4. stage 1, stage 2
+    train_s = trainer.run(log, progress)                                       # 4. stage 1, stage 2
     embedding = trainer.close()
     summary = training_summary(cfg, trainer, ref, train_s)
     if trainer.trainable.kind != "lora":
