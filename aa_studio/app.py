@@ -126,6 +126,11 @@ class Library:
                          f"{training.get('train_seconds', '?')} s, caption {training.get('caption', '')!r}"])
         return rows
 
+    def thumbnails(self) -> list[tuple[str, str]]:
+        """(annotation preview PNG, name) of every identity that has one: what the trainer saw of the person."""
+        return [(str(p.with_suffix(".annotations.png")), p.stem) for p in sorted(self.folder.glob("*.safetensors"))
+                if p.with_suffix(".annotations.png").is_file()]
+
     def names(self) -> list[str]:
         return [r[0] for r in self.rows()]
 
@@ -327,12 +332,15 @@ def build_app(cfg: StudioConfig):
     def listing():
         return pd.DataFrame(studio.library.rows(), columns=["name", "class", "base", "created", "training"])
 
+    def thumbnails():
+        return studio.library.thumbnails()
+
     def delete(name):
         try:
             studio.library.delete(name)
         except AAError as e:
             raise fail(e) from None
-        return listing(), gr.update(choices=[""] + studio.library.names(), value="")
+        return listing(), gr.update(choices=[""] + studio.library.names(), value=""), thumbnails()
 
     def download(name):
         try:
@@ -389,6 +397,7 @@ def build_app(cfg: StudioConfig):
                     sidecar = gr.JSON(label="Run sidecar")
         with gr.Tab("Identities"):
             table = gr.Dataframe(value=listing, interactive=False)
+            gallery = gr.Gallery(value=thumbnails, label="What each identity was learnt from", columns=4, height=260)
             with gr.Row():
                 pick = gr.Textbox(label="Identity name")
                 down_btn = gr.Button("Download")
@@ -405,7 +414,8 @@ def build_app(cfg: StudioConfig):
         again.click(direct, inputs, [result, pose_view, sidecar], api_name=False)  # the seed field is kept
         token_btn.click(insert_token, [identity, prompt], prompt, api_name=False)
         refresh.click(listing, None, table, api_name="identities")
-        del_btn.click(delete, pick, [table, identity], api_name="delete")
+        refresh.click(thumbnails, None, gallery, api_name=False)
+        del_btn.click(delete, pick, [table, identity, gallery], api_name="delete")
         down_btn.click(download, pick, down_file, api_name="download")
     app.queue(default_concurrency_limit=1)
     return app

@@ -54,6 +54,7 @@ def test_learn_then_direct_through_the_api(studio, reference):
     assert (cfg.library / "ann.safetensors").is_file()
     table = client.predict(api_name="/identities")
     assert [row[0] for row in table["data"]] == ["ann"]
+    assert (cfg.library / "ann.annotations.png").is_file()  # the thumbnail the Identities tab shows
     video, preview_video, sidecar = client.predict("ann", "a <ann> woman dancing in a snow field", "dance", None,
                                                    2, 5.0, 3, 4, "", api_name="/direct")
     clip = read_video(video["video"] if isinstance(video, dict) else video)
@@ -64,6 +65,9 @@ def test_learn_then_direct_through_the_api(studio, reference):
     plain = client.predict("", "a woman dancing in a snow field", "dance", None, 2, 5.0, 3, 4, "",
                            api_name="/direct")[2]
     assert plain["adapter"] is None and plain["base_fingerprint"] == sidecar["base_fingerprint"]
+    table, _, gallery = client.predict("ann", api_name="/delete")
+    assert table["data"] in ([], [[]]) or not any(row and row[0] == "ann" for row in table["data"])
+    assert not any(cfg.library.iterdir()) and gallery == []
 
 
 def test_bad_uploads_and_names_are_one_line_errors(studio, tmp_path):
