@@ -192,7 +192,7 @@ class Studio:
               stage2: int, decouple: bool, events: Queue) -> Path:
         """Train the identity into a temporary file, then move it into the library (nothing half-written there).
         Progress goes to `events` as ("step", stage, step, total, loss) and ("log", line)."""
-        from aa_train.identity import IdentityTrainConfig, decoupled_settings, train_identity
+        from aa_train.identity import WIDE_REACH, IdentityTrainConfig, decoupled_settings, train_identity
         from aa_train.preprocess import ReadSettings
 
         video = self.reference(upload, use_example)
@@ -206,7 +206,7 @@ class Studio:
                                       motion_module=self.cfg.motion_module, stage1_steps=int(stage1),
                                       stage2_steps=int(stage2), describe=bool(appearance) or use_example, read=read,
                                       cache_dir=self.cfg.work / "cache",
-                                      **(decoupled_settings(class_word) if decouple else {}))
+                                      **WIDE_REACH, **(decoupled_settings(class_word) if decouple else {}))
             train_identity(cfg, log=lambda m: events.put(("log", m)),
                            progress=lambda *a: events.put(("step", *a)))
             final = self.library.folder / out.name

@@ -181,6 +181,11 @@ PRESETS = {
 }
 
 
+# adapter reach of the recommended recipe: LoRA r16 on every spatial Linear and resnet 3×3 conv (attn2 alone is the
+# paper's; on the shipped base the wide reach is the one that carries the person past what the words draw:
+# benchmarks/results/quality_identity_wide.md)
+WIDE_REACH = {"lora_reach": "wide", "rank": 16, "alpha": 16.0}
+
 DECOUPLE_KEYS = ("prior_prompts", "prior_motions", "prior_reference", "prior_weight", "identity_norm",
                  "composite_scenes")
 

@@ -24,6 +24,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from aa_train.identity import WIDE_REACH  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 METRICS = ("id_accuracy", "scene_accuracy", "object_accuracy", "pose_iou", "background_leakage", "temporal_flicker")
 
@@ -81,7 +83,7 @@ class AttentionScenario:
 # skeletons (none in the reference's poses), weight 0.3, region-normalised identity term
 DIVERSE_PRIOR = {"prior_prompts": "other scenes", "prior_motions": "other motions", "prior_reference": False,
                  "prior_weight": 0.3, "identity_norm": "region"}
-WIDE = {"lora_reach": "wide", "rank": 16, "alpha": 16.0}  # LoRA r16 on every spatial Linear and resnet conv
+WIDE = WIDE_REACH  # LoRA r16 on every spatial Linear and resnet conv (aa_train.identity's recommended reach)
 VARIANTS = {  # ablations: what each changes in the identity job
     "full": {},
     "no-bw-loss": {"bw_alpha": 1.0},
@@ -135,6 +137,13 @@ VARIANTS = {  # ablations: what each changes in the identity job
     # the same with the appearance read off the reference by the world's judge (a captioner that can be wrong)
     # instead of the world's own caption (an oracle)
     "described-judge": {"describe": True, "read": {"captioner": "judge"}},
+    # adapter reach once the base binds words to regions: LoRA r16 on every spatial Linear and resnet conv with the
+    # decoupled recipe (quality_identity_wide.md: the first column past the words and at 0.8 × ceiling on T)
+    "described-wide-composite": {"describe": True, **WIDE, **DIVERSE_PRIOR, "composite_scenes": "other scenes"},
+    "described-judge-wide-composite": {"describe": True, "read": {"captioner": "judge"}, **WIDE, **DIVERSE_PRIOR,
+                                       "composite_scenes": "other scenes"},
+    "described-composite-nomask": {"describe": True, **DIVERSE_PRIOR, "composite_scenes": "other scenes",
+                                   "mask_attention_weight": 1.0},  # the decoupled recipe without mask attention
     "described-judge-light": {"describe": True, "read": {"captioner": "judge"}, "lr": 3e-4},
 }
 # Columns without training: the rendered target clip (ceiling), the base from the class caption (floor) and the base

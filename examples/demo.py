@@ -3,10 +3,11 @@ minutes on a CPU.
 
 1. Render the example reference video: an evaluation identity (never seen in base training) in one scene, with a
    turn so front and back are both seen; its `.aa.json` sidecar carries poses and masks.
-2. `aa-train identity --describe --captioner judge --decouple` on it → out/me.safetensors: the world's judge reads the
-   person's appearance off the reference (as a captioner would for real footage) and the adapter is trained with it
-   in every caption and carries it; the person is also pasted onto other scenes (captioned with them) against class
-   videos in other scenes and motions, so the adapter does not learn the beach along with her. The demo's own target
+2. `aa-train identity --describe --captioner judge --decouple --lora-reach wide --rank 16 --alpha 16` on it →
+   out/me.safetensors: the world's judge reads the person's appearance off the reference (as a captioner would for
+   real footage) and the adapter is trained with it in every caption and carries it; the person is also pasted onto
+   other scenes (captioned with them) against class videos in other scenes and motions, so the adapter does not learn
+   the beach along with her; LoRA reaches every spatial layer, not only the cross-attention. The demo's own target
    scene and motion are left out of both.
 3. `aa-run` with the adapter in a new scene and an unseen motion → out/me-snow.mp4 (+ gif, preview, sidecar); the
    prompt's '<me> woman' is written out with the appearance.
@@ -70,7 +71,7 @@ def main(argv=None) -> int:
     quiet_libraries()  # before aa_train.identity pulls in peft → bitsandbytes, whose import-time notices reach stderr
     from aa_runtime.adapters import describe_identifier
 
-    from aa_train.identity import IdentityTrainConfig, decoupled_settings, train_identity
+    from aa_train.identity import WIDE_REACH, IdentityTrainConfig, decoupled_settings, train_identity
     from aa_train.preprocess import ReadSettings
 
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
@@ -92,7 +93,7 @@ def main(argv=None) -> int:
         result = train_identity(IdentityTrainConfig(video=ref, name="me", class_word=cls, base=base,
                                                     output=out / "me.safetensors", cache_dir=out / "cache",
                                                     describe=True, read=ReadSettings(captioner="judge"),
-                                                    **decoupled, **steps),
+                                                    **WIDE_REACH, **decoupled, **steps),
                                 log=log)
         log(f"      appearance read off the reference: {result.appearance!r}")
         log("[3/4] aa-run in a new scene with an unseen motion ...")
