@@ -282,7 +282,14 @@ class StageRunner:
                     preview(self.step)
         self.ema.copy_to(self.params)
         tail = self.losses[-200:]
-        return {"steps": self.steps, "final_loss": float(np.mean(tail)) if tail else None}
+        seconds = time.time() - t0
+        summary = {"steps": self.steps, "final_loss": float(np.mean(tail)) if tail else None,
+                   "seconds": round(seconds, 1), "processes": acc.num_processes,
+                   "samples_per_s": round((self.step - start) * self.batch * accum * acc.num_processes
+                                          / max(seconds, 1e-6), 2)}
+        if acc.device.type == "cuda":
+            summary["peak_memory_gb"] = round(torch.cuda.max_memory_allocated(acc.device) / 2**30, 2)
+        return summary
 
     @property
     def batch(self) -> int:

@@ -186,6 +186,14 @@ def test_base_trains_from_shards_mixed_with_the_world(folder, tmp_path, tiny_bun
     assert res.exit_code == 0, res.output
     data = json.loads((tmp_path / "b" / "aa_bundle.json").read_text())["provenance"]["data"]
     assert [d["kind"] for d in data] == ["shards", "world"] and data[0]["clips"] == 4
+    # the GPU check's report reads the same bundle: each stage's samples/s and seconds
+    from benchmarks.base_training import report, write
+
+    result = report(tmp_path / "b", None, "cpu")
+    assert set(result["stages"]) == {"image", "video"}
+    assert all(s["samples_per_s"] > 0 and s["seconds"] > 0 for s in result["stages"].values())
+    md = write(result, "base_training_test", tmp_path / "results")[1].read_text()
+    assert "| image | 2 |" in md and "| video | 1 |" in md
     res = runner.invoke(main, ["base", "--data", f"videos:{root}", "-o", str(tmp_path / "c")])
     assert res.exit_code == 2 and "aa-train prepare --data videos:" in res.output
 
