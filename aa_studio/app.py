@@ -153,10 +153,12 @@ class Studio:
 
     # ----- the base for Direct: loaded once, identities undone after each run
     def base(self):
+        from aa_runtime.device import resolve_device
         from aa_runtime.model import load_base
 
-        if self._base is None:
-            self._base = load_base(self.cfg.base, self.cfg.motion_module)
+        if self._base is None:  # on the device and dtype aa-run's "auto" picks, as run() will
+            device, dtype = resolve_device("auto", "auto")
+            self._base = load_base(self.cfg.base, self.cfg.motion_module, device=device, dtype=dtype)
             self._pristine = {k: v.clone() for k, v in self._base.unet.state_dict().items()}
         return self._base
 
