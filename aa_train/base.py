@@ -9,7 +9,7 @@ Stages, each resumable from its own checkpoint:
 `denoise_person_weight` > 1 weights the denoising loss up on the latent pixels the person touches: the person covers
 ~8 % of a 64 px frame, so under the plain mean the base learns the scene and barely the clothing the captions name.
 Weighting raises the base's attribute score, but identity adapters trained on such a base kept less of the prompted
-scene (README, "Status of the embedded model"), so the default stays the plain mean.
+scene (benchmarks/results/README.md), so the default stays the plain mean.
 Runs on `accelerate`: prepare (DDP, mixed precision), accumulate, save_state / load_state, trackers; one CPU process by
 default, several through `torchrun` on CPUs (accelerate 1.15's `launch --cpu` starts one) or `accelerate launch` on GPUs.
 """
