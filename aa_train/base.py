@@ -211,7 +211,6 @@ class StageRunner:
         self.model, self.opt, self.sched = accelerator.prepare(StageModule(base), opt, sched)
         self.ema = EMAModel(self.params, decay=cfg.ema)
         self.progress = Progress()
-        self.extra = self.progress.extra  # further loss terms to log, name → per-step values
         # a fresh prepare per stage: registered objects are checkpointed in this order, so keep only this stage's
         accelerator._custom_objects = []
         accelerator.register_for_checkpointing(self.ema, self.progress)
@@ -224,6 +223,16 @@ class StageRunner:
     @property
     def step(self) -> int:
         return self.progress.step
+
+    @property
+    def extra(self) -> dict[str, list[float]]:
+        """Further loss terms to log, name → per-step values (checkpointed with the progress)."""
+        return self.progress.extra
+
+    @extra.setter
+    def extra(self, value: dict[str, list[float]]) -> None:
+        if not self.progress.extra:  # a resumed run keeps the histories it loaded
+            self.progress.extra = value
 
     @property
     def losses(self) -> list[float]:
