@@ -74,6 +74,8 @@ class BaseTrainConfig:
     gradient_accumulation: int = 1  # micro-batches per optimizer step (accelerator.accumulate)
     report_to: Literal["none", "tensorboard"] = "none"  # accelerate tracker: loss, lr, samples/s, preview grids
     sample_every: int = 0  # image/video stages: a preview grid (EMA weights) every N steps into work_dir/samples
+    # activation checkpointing of the UNet, motion modules included (image and video stages); default: on with CUDA
+    gradient_checkpointing: bool | None = None
     checkpoint_every: int = 500
     seed: int = 0
     resume: bool = False
@@ -463,6 +465,11 @@ def train_unet(cfg, acc, base, data, stage: Stage, log, latents, pose_latents) -
 
     clips = data.clips
     steps = cfg.image_steps if stage == "image" else cfg.video_steps
+    checkpointed = cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else acc.device.type == "cuda"
+    if checkpointed:  # before the runner: its checkpoints then hold the wrapped modules' names, as a resume will
+        from .checkpointing import enable_full_gradient_checkpointing
+
+        restore_ckpt = enable_full_gradient_checkpointing(base.unet)
     runner = StageRunner(cfg, acc, base, stage, steps, cfg.lr, log)
     noise_scheduler = DDPMScheduler.from_config(base.scheduler_config)
     f = latents.shape[1]  # latents (N, F, 4, h, w)
@@ -527,6 +534,8 @@ def train_unet(cfg, acc, base, data, stage: Stage, log, latents, pose_latents) -
     finally:
         if grounded:
             reset_grounding_attention(base.unet, store)
+        if checkpointed:
+            restore_ckpt()  # the bundle is written with the plain module names
     if grounded:
         summary.update({k: float(np.mean(v[-200:])) for k, v in runner.extra.items() if v})
     return summary

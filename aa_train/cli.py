@@ -50,6 +50,8 @@ def main():
 @click.option("--gradient-accumulation", default=1, show_default=True, help="Micro-batches per optimizer step.")
 @click.option("--report-to", type=click.Choice(["none", "tensorboard"]), default="none", show_default=True,
               help="Log loss, lr, samples/s and preview grids to TensorBoard under WORK_DIR/logs.")
+@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None,
+              help="Activation checkpointing of the UNet, motion modules included [on with CUDA].")
 @click.option("--sample-every", default=0, show_default=True,
               help="Image and video stages: a preview grid (EMA weights, 2 captions × 2 motions) every N steps "
                    "into WORK_DIR/samples (0 = off).")
@@ -68,7 +70,7 @@ def main():
 def base_cmd(data, output, stages, work_dir, size, frames, vae_steps, image_steps, video_steps, vae_batch,
              image_batch, video_batch, lr, vae_lr, denoise_person_weight, grounding_token_weight,
              grounding_pixel_weight, grounding_pixel_regions, mixed_precision, gradient_accumulation,
-             report_to, sample_every, warmup, checkpoint_every, init, motion_module,
+             report_to, gradient_checkpointing, sample_every, warmup, checkpoint_every, init, motion_module,
              train_text_encoder, seed, threads, resume):
     """Train a pose-conditioned base bundle (VAE, then image stage, then video stage)."""
     from .base import BaseTrainConfig, train_base
@@ -83,7 +85,7 @@ def base_cmd(data, output, stages, work_dir, size, frames, vae_steps, image_step
                               grounding_pixel_weight=grounding_pixel_weight,
                               grounding_pixel_regions=grounding_pixel_regions, mixed_precision=mixed_precision,
                               gradient_accumulation=gradient_accumulation, report_to=report_to,
-                              sample_every=sample_every,
+                              sample_every=sample_every, gradient_checkpointing=gradient_checkpointing,
                               warmup=warmup,
                               checkpoint_every=checkpoint_every, init=init, motion_module=motion_module,
                               train_text_encoder=train_text_encoder, seed=seed, threads=threads, resume=resume)

@@ -51,7 +51,7 @@ timeout 330 $PY -m aa_train.cli base --data world:4000 --data shards:/tmp/aa-sha
     --work-dir /tmp/aa-work --init models/aa-tiny --stages image,video --image-steps "$IMAGE_STEPS" \
     --video-steps "$VIDEO_STEPS" --image-batch 256 --video-batch 32 --lr 3e-4 --warmup 30 --checkpoint-every 200 \
     --mixed-precision bf16 --denoise-person-weight 4 --grounding-token-weight 0.2 --grounding-pixel-weight 0.02 \
-    --grounding-pixel-regions person --threads 8 2>&1 | tee "$OUT/train.log" | grep -v "^\s*$" | tail -30 || true
+    --grounding-pixel-regions person --no-gradient-checkpointing --threads 8 2>&1 | tee "$OUT/train.log" | grep -v "^\s*$" | tail -30 || true
 if [ -f "$OUT/bundle/aa_bundle.json" ]; then
     $PY -m benchmarks.base_training "$OUT/bundle" --log "$OUT/train.log" --device "$GPU" \
         --name "base_training_$TAG" && cp benchmarks/results/base_training_"$TAG".* "$OUT/results/"
