@@ -193,8 +193,7 @@ def _build(make, what: str, file: Path, fix: str):
     try:
         return make()
     except Exception as e:
-        detail = str(e).strip().splitlines()[0][:100] if str(e).strip() else ""
-        raise AAError(what, f"{file} is not usable ({type(e).__name__}: {detail})", fix) from None
+        raise AAError(what, f"{file} is not usable ({type(e).__name__}: {_first_line(e)[:100]})", fix) from None
 
 
 def _weights_file(folder: Path, names: tuple[str, ...], what: str, fix: str) -> Path:
@@ -213,13 +212,11 @@ def _pretrained(load, what: str, folder: Path, file: Path, fix: str):
     except (SafetensorError, OSError, EOFError) as e:
         raise AAError(what, f"{file} is corrupted or unreadable ({type(e).__name__}: {_first_line(e)[:80]})",
                       f"re-download or re-create it; {fix}") from None
-    except (ValueError, RuntimeError) as e:
-        if not any(w in str(e) for w in ("shape", "size mismatch", "mismatched_sizes")):
-            raise AAError(what, f"{folder / 'config.json'} is not usable ({type(e).__name__}: {_first_line(e)[:100]})",
-                          fix) from None
-        raise AAError(what, f"{file} does not fit the model config ({type(e).__name__}: {_first_line(e)[:120]})",
-                      "check that the weights and config.json come from the same model") from None
     except Exception as e:  # a wrong config value makes the library raise whatever it raises
+        if isinstance(e, (ValueError, RuntimeError)) and any(
+                w in str(e) for w in ("shape", "size mismatch", "mismatched_sizes")):
+            raise AAError(what, f"{file} does not fit the model config ({type(e).__name__}: {_first_line(e)[:120]})",
+                          "check that the weights and config.json come from the same model") from None
         raise AAError(what, f"{folder / 'config.json'} is not usable ({type(e).__name__}: {_first_line(e)[:100]})",
                       fix) from None
 

@@ -25,8 +25,8 @@ from queue import Empty, Queue
 
 from aa_runtime.errors import AAError
 from aa_runtime.files import atomic_path, cache_root
+from aa_runtime.video import VIDEO_SUFFIXES
 
-VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".avi", ".mkv", ".gif")
 NAME = re.compile(r"[A-Za-z0-9_\-]{1,40}")
 EXAMPLE = "the bundled example (a woman turning on a beach)"
 
@@ -56,7 +56,7 @@ def check_upload(path: str | Path | None, cfg: StudioConfig, what: str = "video"
         raise AAError(what, "nothing uploaded", "upload a video (mp4, mov, webm, avi, mkv or gif)")
     path = Path(path)
     if path.suffix.lower() not in VIDEO_SUFFIXES:
-        raise AAError(what, path.name, f"upload one of {', '.join(VIDEO_SUFFIXES)}")
+        raise AAError(what, path.name, f"upload one of {', '.join(sorted(VIDEO_SUFFIXES))}")
     mb = path.stat().st_size / 2**20
     if mb > cfg.max_upload_mb:
         raise AAError(what, f"{path.name} is {mb:.0f} MB", f"upload at most {cfg.max_upload_mb:g} MB "
@@ -164,13 +164,11 @@ class Studio:
 
     def example_video(self) -> Path:
         """The bundled example person (the demo's reference), rendered once into the work folder."""
-        from aa_world.clips import ClipSpec, render_clip, write_clip
+        from aa_world.clips import EXAMPLE_REFERENCE, ClipSpec, render_clip, write_clip
 
         path = self.cfg.work / "example" / "reference.mp4"
         if not path.is_file():
-            spec = dict(identity_seed=1_000_007, scene="beach", scene_seed=11, motion="turn", frames=24, fps=8.0,
-                        seed=3)
-            write_clip(render_clip(ClipSpec(**spec)), path)
+            write_clip(render_clip(ClipSpec(**EXAMPLE_REFERENCE)), path)
         return path
 
     def reference(self, upload, use_example: bool) -> Path:
@@ -355,7 +353,7 @@ def build_app(cfg: StudioConfig):
         with gr.Tab("Learn a person"):
             with gr.Row():
                 with gr.Column():
-                    upload = gr.File(label="Reference video", file_types=list(VIDEO_SUFFIXES), type="filepath")
+                    upload = gr.File(label="Reference video", file_types=sorted(VIDEO_SUFFIXES), type="filepath")
                     use_example = gr.Checkbox(label=f"Use {EXAMPLE}", value=False, elem_id="use-example")
                     name = gr.Textbox(label="Name (the prompt token is <name>)", value="me")
                     class_word = gr.Textbox(label="Class word", value="woman")
@@ -382,7 +380,7 @@ def build_app(cfg: StudioConfig):
                     token_btn = gr.Button("Insert the identity's token")
                     motion = gr.Dropdown(label="Built-in motion", choices=list(MOTIONS), value="dance")
                     driving = gr.File(label="…or a driving video / .aa.json pose file",
-                                      file_types=[*VIDEO_SUFFIXES, ".json"], type="filepath")
+                                      file_types=[*sorted(VIDEO_SUFFIXES), ".json"], type="filepath")
                     with gr.Row():
                         steps = gr.Slider(1, 100, value=25, step=1, label="Steps", elem_id="steps")
                         guidance = gr.Slider(1, 15, value=5, step=0.5, label="Guidance")

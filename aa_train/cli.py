@@ -117,7 +117,7 @@ def base_cmd(data, output, stages, work_dir, size, frames, vae_steps, image_step
 def prepare_cmd(data, output, **options):
     """Turn folders of videos or images into shards of training clips for `aa-train base --data shards:DIR`:
     decode, sample clips, crop around the person, poses and masks (.aa.json sidecar or MediaPipe), captions
-    (metadata.jsonl, WebVid CSV, .txt, or the captioner), skeleton renders."""
+    (metadata.jsonl, WebVid CSV, .txt, the sidecar, or the captioner), skeleton renders."""
     from .data import PrepareDataConfig, prepare_data
 
     try:

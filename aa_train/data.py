@@ -35,10 +35,10 @@ import numpy as np
 from aa_runtime.errors import AAError
 from aa_runtime.files import atomic_path
 from aa_runtime.poses import render_skeleton, sidecar_path
+from aa_runtime.video import VIDEO_SUFFIXES
 
 SHARDS_FORMAT = "aa-shards/1"
-VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".avi", ".mkv", ".gif")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # training stills (the runtime's frame folders also read .bmp)
 KINDS = ("world", "videos", "images", "shards")
 
 
@@ -109,7 +109,7 @@ def caption_table(folder: Path) -> dict[str, str]:
                 continue
             for row in reader:
                 stem = Path(row.get("page_dir") or "") / row["videoid"]
-                for suffix in VIDEO_SUFFIXES:  # WebVid names the video, not its container
+                for suffix in sorted(VIDEO_SUFFIXES):  # WebVid names the video, not its container
                     table.setdefault(stem.with_suffix(suffix).as_posix(), (row["name"] or "").strip())
     return {k: v for k, v in table.items() if v}
 
@@ -251,17 +251,15 @@ def _clip_from(cfg: PrepareDataConfig, frames, keypoints, masks, caption, still,
 def prepare_file(cfg: PrepareDataConfig, path: Path, kind: str, caption: str | None, name: str) -> FileResult:
     """One video (up to `clips_per_video` windows of `frames` at `fps`, `stride` apart) or one image (a still
     clip) → its clips. A file that cannot be read or shows no person is a rejection, not an error."""
-    from aa_runtime.video import read_image, read_video
+    from aa_runtime.video import read_image
 
-    from .preprocess import resample_indices
+    from .preprocess import read_resampled
 
     result = FileResult(name)
     try:
         if kind == "videos":  # decode only what the windows need
-            probe = read_video(path, max_frames=1)
-            src_fps = float(probe.fps) if probe.fps and probe.fps > 0 else cfg.fps
             span = (cfg.clips_per_video - 1) * (cfg.stride or cfg.frames) + cfg.frames
-            clip = read_video(path, max_frames=int(math.ceil(span * src_fps / min(cfg.fps, src_fps))) + 1)
+            clip, indices, fps, _ = read_resampled(path, cfg.fps, span, default_fps=cfg.fps)
         else:
             still = read_image(path)[None]
     except AAError as e:
@@ -270,8 +268,6 @@ def prepare_file(cfg: PrepareDataConfig, path: Path, kind: str, caption: str | N
     if kind == "images":
         frames, indices, windows = still, np.zeros(1, int), [(0, 1)]
     else:
-        fps = min(cfg.fps, src_fps)
-        indices = resample_indices(len(clip.frames), src_fps, fps, len(clip.frames))
         frames = clip.frames[indices]
         stride = cfg.stride or cfg.frames
         windows = [(s, s + cfg.frames) for s in range(0, len(frames) - cfg.frames + 1, stride)][:cfg.clips_per_video]

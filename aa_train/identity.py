@@ -182,7 +182,7 @@ PRESETS = {
 
 
 # adapter reach of the recommended recipe: LoRA r16 on every spatial Linear and resnet 3×3 conv (attn2 alone is the
-# paper's; on the shipped base the wide reach is the one that carries the person past what the words draw:
+# paper's; on base 9d0ff985 the wide reach is the one that carries the person past what the words draw:
 # benchmarks/results/quality_identity_wide.md)
 WIDE_REACH = {"lora_reach": "wide", "rank": 16, "alpha": 16.0}
 

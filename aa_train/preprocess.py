@@ -198,14 +198,21 @@ def resample_indices(n_frames: int, src_fps: float, fps: float, max_frames: int)
     return idx[idx < n_frames]
 
 
+def read_resampled(path: Path, fps: float, max_frames: int, default_fps: float = DEFAULT_MAX_FPS):
+    """Decode only what `max_frames` output frames at `fps` (never above the video's own rate; `default_fps` when
+    the file names none) need → (the decoded VideoClip, the source index of each output frame, the rate used,
+    the video's rate)."""
+    probe = read_video(path, max_frames=1)
+    src_fps = float(probe.fps) if probe.fps and probe.fps > 0 else default_fps
+    fps = min(fps, src_fps)
+    clip = read_video(path, max_frames=int(math.ceil((max_frames - 1) * src_fps / fps)) + 1)
+    return clip, resample_indices(len(clip.frames), src_fps, fps, max_frames), fps, src_fps
+
+
 def decode(cfg: PrepareConfig) -> tuple[np.ndarray, np.ndarray, float, float]:
     """Decode + resample → frames uint8 (F, H, W, 3), their source indices (F,), fps, the video's fps."""
-    probe = read_video(cfg.video, max_frames=1)
-    src_fps = float(probe.fps) if probe.fps and probe.fps > 0 else DEFAULT_MAX_FPS
-    fps = min(DEFAULT_MAX_FPS if cfg.read.fps is None else cfg.read.fps, src_fps)  # never above the video's own rate
-    need = int(math.ceil((cfg.read.max_frames - 1) * src_fps / fps)) + 1
-    clip = read_video(cfg.video, max_frames=need)
-    idx = resample_indices(len(clip.frames), src_fps, fps, cfg.read.max_frames)
+    clip, idx, fps, src_fps = read_resampled(cfg.video, DEFAULT_MAX_FPS if cfg.read.fps is None else cfg.read.fps,
+                                             cfg.read.max_frames)
     if len(idx) < MIN_FRAMES:
         raise AAError("video", f"{cfg.video.name} gives {len(idx)} frame(s) at {fps:g} fps "
                       f"({len(clip.frames)} decoded)", f"give a video with at least {MIN_FRAMES} frames")

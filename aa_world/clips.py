@@ -25,6 +25,12 @@ from .scenes import SCENES, render_scene
 WORLD_FORMAT = "aa-world/1"
 
 
+# The bundled example person: an evaluation identity turning on a beach (front and back both seen), as `make demo`
+# and aa-studio's "bundled example" render it: ClipSpec(**EXAMPLE_REFERENCE)
+EXAMPLE_REFERENCE = dict(identity_seed=1_000_007, scene="beach", scene_seed=11, motion="turn", frames=24, fps=8.0,
+                         seed=3)
+
+
 @dataclass(frozen=True)
 class ClipSpec:
     """Everything that determines a clip; every random choice is keyed by one of these seeds."""

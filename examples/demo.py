@@ -26,8 +26,9 @@ from pathlib import Path
 from aa_runtime.bundle import MANIFEST
 from aa_runtime.errors import AAError
 from aa_runtime.model import DEFAULT_BUNDLE
+from aa_world.clips import EXAMPLE_REFERENCE
 
-REFERENCE = dict(identity_seed=1_000_007, scene="beach", scene_seed=11, motion="turn", frames=24, fps=8.0, seed=3)
+REFERENCE = EXAMPLE_REFERENCE  # the bundled example person (aa_world.clips)
 TARGET = dict(scene="snow field", motion="dance", frames=16, seed=0)  # the new scene and motion of step 3
 
 
