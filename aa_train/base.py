@@ -76,6 +76,7 @@ class BaseTrainConfig:
     sample_every: int = 0  # image/video stages: a preview grid (EMA weights) every N steps into work_dir/samples
     # activation checkpointing of the UNet, motion modules included (image and video stages); default: on with CUDA
     gradient_checkpointing: bool | None = None
+    loader_workers: int | None = None  # DataLoader workers drawing batches (default: 2 with CUDA, 0 on the CPU)
     checkpoint_every: int = 500
     seed: int = 0
     resume: bool = False
@@ -106,17 +107,12 @@ class BaseTrainConfig:
             raise AAError("grounding-pixel-regions", self.grounding_pixel_regions, "use all or person")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise AAError("mixed-precision", self.mixed_precision, "use no, bf16 or fp16")
+        if self.loader_workers is not None and not 0 <= self.loader_workers <= 64:
+            raise AAError("loader-workers", self.loader_workers, "use 0 (batches drawn in the training process) to 64")
         if self.gradient_accumulation < 1 or self.sample_every < 0:
             raise AAError("gradient-accumulation/sample-every", f"{self.gradient_accumulation}/{self.sample_every}",
                           "use ≥ 1 micro-batches and ≥ 0 steps (0 = no previews)")
-        if self.report_to not in ("none", "tensorboard"):
-            raise AAError("report-to", self.report_to, "use none or tensorboard")
-        if self.report_to == "tensorboard":
-            try:
-                import tensorboard  # noqa: F401
-            except ImportError:
-                raise AAError("report-to", "tensorboard is not installed",
-                              "pip install tensorboard (or the train extra: pip install -e .[train])") from None
+        check_report_to(self.report_to)
         if self.size % 16:
             raise AAError("size", self.size, "use a multiple of 16")
         if self.motion_module and not self.init:
@@ -125,6 +121,18 @@ class BaseTrainConfig:
         if isinstance(self.data, str):
             object.__setattr__(self, "data", (self.data,))
         check_training_specs(self.data, self.size, self.frames, self.fps)
+
+
+def check_report_to(report_to: str) -> None:
+    """--report-to: none, or tensorboard when it is installed (one clear line otherwise)."""
+    if report_to not in ("none", "tensorboard"):
+        raise AAError("report-to", report_to, "use none or tensorboard")
+    if report_to == "tensorboard":
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise AAError("report-to", "tensorboard is not installed",
+                          "pip install tensorboard (or the train extra: pip install -e .[train])") from None
 
 
 def zero_motion_outputs(unet) -> None:
@@ -202,12 +210,17 @@ class StageRunner:
     get_scheduler), gradient accumulation (`accelerator.accumulate`), diffusers' EMAModel, and `save_state` /
     `load_state` checkpoints (weights, optimizer, schedule, RNG, EMA, progress) for --resume."""
 
-    def __init__(self, cfg: BaseTrainConfig, accelerator, base, stage: Stage, steps: int, lr: float, log):
+    def __init__(self, cfg: BaseTrainConfig, accelerator, base, stage: str, steps: int, lr: float, log, *,
+                 params: list[torch.nn.Parameter] | None = None, batch: int | None = None, also_save=()):
+        """`params`: what trains (default: the base stage's); `batch`: samples per micro-step (default: the stage's);
+        `also_save`: further objects with state_dict/load_state_dict saved in the stage's checkpoints."""
         from diffusers.optimization import get_scheduler
         from diffusers.training_utils import EMAModel
 
         self.cfg, self.acc, self.base, self.stage, self.steps, self.log = cfg, accelerator, base, stage, steps, log
-        self.params = trainable_parameters(base, stage, train_text=train_text_encoder(cfg))
+        self.params = params if params is not None else trainable_parameters(base, stage,
+                                                                             train_text=train_text_encoder(cfg))
+        self._batch = batch
         opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=0.0 if stage == "vae" else 1e-2)
         sched = get_scheduler("cosine", opt, num_warmup_steps=min(cfg.warmup, steps), num_training_steps=steps)
         self.model, self.opt, self.sched = accelerator.prepare(StageModule(base), opt, sched)
@@ -215,7 +228,7 @@ class StageRunner:
         self.progress = Progress()
         # a fresh prepare per stage: registered objects are checkpointed in this order, so keep only this stage's
         accelerator._custom_objects = []
-        accelerator.register_for_checkpointing(self.ema, self.progress)
+        accelerator.register_for_checkpointing(self.ema, self.progress, *also_save)
         self.state_dir = Path(cfg.work_dir) / f"{stage}-state"
         if cfg.resume and self.state_dir.is_dir():
             accelerator.load_state(str(self.state_dir))
@@ -253,9 +266,10 @@ class StageRunner:
             tmp.rename(self.state_dir)
         self.acc.wait_for_everyone()
 
-    def run(self, loss_fn, evaluate=None, preview=None) -> dict:
+    def run(self, loss_fn, evaluate=None, preview=None, after_step=None) -> dict:
         """Train the stage's parameters with `loss_fn(micro_step) -> loss` (one micro-batch; `gradient_accumulation`
-        of them per step); `evaluate()` → str at each checkpoint, `preview(step)` every `sample_every` steps."""
+        of them per step); `evaluate()` → str at each checkpoint, `preview(step)` every `sample_every` steps,
+        `after_step()` after each optimizer step (e.g. a target network's EMA update)."""
         acc, accum = self.acc, self.cfg.gradient_accumulation
         t0, start = time.time(), self.step
         while self.step < self.steps:
@@ -270,6 +284,8 @@ class StageRunner:
                         self.sched.step()
                     self.opt.zero_grad(set_to_none=True)
             self.ema.step(self.params)
+            if after_step is not None:
+                after_step()
             self.progress.losses.append(float(loss.detach()))
             self.progress.step += 1
             if self.step % 50 == 0 or self.step == self.steps:
@@ -304,6 +320,8 @@ class StageRunner:
 
     @property
     def batch(self) -> int:
+        if self._batch is not None:
+            return self._batch
         return {"vae": self.cfg.vae_batch, "image": self.cfg.image_batch, "video": self.cfg.video_batch}[self.stage]
 
     @contextmanager
@@ -459,6 +477,62 @@ def denoising_loss(base, noise_scheduler, z, p, captions, t, noise, *, train_tex
     return (w * (pred - noise).pow(2)).sum() / w.sum()
 
 
+class StageBatches(torch.utils.data.Dataset):
+    """The image or video stage's micro-batches as a dataset: item i is micro-step `first + i`, drawn with that step's
+    own RNG (`_batch_rng`: a resumed run replays the same batches from where it stopped, each rank draws its own), as
+    CPU tensors — clip rows by the data's source weights, latents (B, 4, F, h, w; F = 1 for images), pose latents,
+    person weights, captions (dropped ones empty), timesteps, noise and, for grounding, the token bits and part maps.
+    `stage_loader` serves it through a DataLoader, so drawing and gathering run in workers ahead of the step."""
+
+    def __init__(self, cfg: BaseTrainConfig, stage: Stage, rank: int, data, latents: torch.Tensor,
+                 pose_latents: torch.Tensor, person_w: torch.Tensor | None, token_bits: torch.Tensor | None,
+                 num_train_timesteps: int, first: int, last: int):
+        self.cfg, self.stage, self.rank, self.data = cfg, stage, rank, data
+        self.latents, self.pose_latents, self.person_w, self.token_bits = latents, pose_latents, person_w, token_bits
+        self.timesteps, self.first, self.last = num_train_timesteps, first, last
+
+    def __len__(self) -> int:
+        return max(0, self.last - self.first)
+
+    def __getitem__(self, i: int) -> dict:
+        step = self.first + i
+        cfg, clips = self.cfg, self.data.clips
+        rng = _batch_rng(cfg, self.stage, step, self.rank)
+        w = None
+        if self.stage == "image":
+            f = self.latents.shape[1]  # latents (N, F, 4, h, w)
+            ci, fi = self.data.draw(rng, cfg.image_batch, video=False), rng.integers(0, f, cfg.image_batch)
+            z = self.latents[ci, fi].float()[:, :, None]  # (B, 4, 1, h, w)
+            p = self.pose_latents[ci, fi].float()[:, :, None]
+            if self.person_w is not None:
+                w = self.person_w[ci, fi].float()[:, None, None]  # (B, 1, 1, h, w)
+        else:
+            ci, fi = self.data.draw(rng, cfg.video_batch, video=True), None
+            z = self.latents[ci].float().permute(0, 2, 1, 3, 4)  # (B, F, 4, h, w) → (B, 4, F, h, w)
+            p = self.pose_latents[ci].float().permute(0, 2, 1, 3, 4)
+            if self.person_w is not None:
+                w = self.person_w[ci].float()[:, None]  # (B, 1, F, h, w)
+        dropped = rng.random(len(ci)) < cfg.caption_dropout
+        g = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        noise = torch.randn(z.shape, generator=g)
+        t = torch.from_numpy(rng.integers(0, self.timesteps, z.shape[0]))
+        batch = {"step": step, "z": z, "p": p, "w": w, "noise": noise, "t": t,
+                 "captions": ["" if d else clips.captions[k] for d, k in zip(dropped, ci)], "bits": None, "parts": None}
+        if self.token_bits is not None:  # grounding (image stage): a dropped caption grounds nothing
+            batch["bits"] = self.token_bits[ci] * torch.from_numpy(~dropped)[:, None]
+            batch["parts"] = torch.from_numpy(clips.parts[ci, fi])
+        return batch
+
+
+def stage_loader(batches: StageBatches, device: torch.device, workers: int | None) -> torch.utils.data.DataLoader:
+    """A DataLoader over a stage's micro-batches in step order: `workers` processes draw and gather ahead of
+    training (default: 2 with CUDA, none on the CPU, whose cores train), pinned memory on CUDA. The batches are
+    already per rank and per step, so the loader neither shuffles nor shards (the step is the resume position)."""
+    workers = (2 if device.type == "cuda" else 0) if workers is None else workers
+    return torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=workers,
+                                       pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
+
+
 def train_unet(cfg, acc, base, data, stage: Stage, log, latents, pose_latents) -> dict:
     """Stage `image` (frames as independent images) or `video` (clips of F frames, never a still image's)."""
     from diffusers import DDPMScheduler
@@ -472,7 +546,6 @@ def train_unet(cfg, acc, base, data, stage: Stage, log, latents, pose_latents) -
         restore_ckpt = enable_full_gradient_checkpointing(base.unet)
     runner = StageRunner(cfg, acc, base, stage, steps, cfg.lr, log)
     noise_scheduler = DDPMScheduler.from_config(base.scheduler_config)
-    f = latents.shape[1]  # latents (N, F, 4, h, w)
     weighted = cfg.denoise_person_weight != 1
     if weighted:  # (N, F, h, w), once: the masks are fixed like the latents
         person_w = latent_person_weights(torch.from_numpy(clips.masks), tuple(latents.shape[-2:]),
@@ -484,32 +557,25 @@ def train_unet(cfg, acc, base, data, stage: Stage, log, latents, pose_latents) -
         store = set_grounding_attention(base.unet)
         runner.extra = {"grounding_token": [], "grounding_pixel": []}
 
+    batches = iter(stage_loader(StageBatches(
+        cfg, stage, acc.process_index, data, latents, pose_latents, person_w if weighted else None,
+        token_bits if grounded else None, noise_scheduler.config.num_train_timesteps,
+        runner.step * cfg.gradient_accumulation, steps * cfg.gradient_accumulation), acc.device, cfg.loader_workers))
+
     def loss_fn(step):
-        rng = _batch_rng(cfg, stage, step, acc.process_index)
-        if stage == "image":
-            ci, fi = data.draw(rng, cfg.image_batch, video=False), rng.integers(0, f, cfg.image_batch)
-            z = latents[ci, fi].float()[:, :, None]  # (B, 4, 1, h, w)
-            p = pose_latents[ci, fi].float()[:, :, None]
-            w = person_w[ci, fi].float()[:, None, None] if weighted else None  # (B, 1, 1, h, w)
-        else:
-            ci = data.draw(rng, cfg.video_batch, video=True)
-            z = latents[ci].float().permute(0, 2, 1, 3, 4)  # (B, F, 4, h, w) → (B, 4, F, h, w)
-            p = pose_latents[ci].float().permute(0, 2, 1, 3, 4)
-            w = person_w[ci].float()[:, None] if weighted else None  # (B, 1, F, h, w)
-        dropped = rng.random(len(ci)) < cfg.caption_dropout
-        caps = ["" if d else clips.captions[i] for d, i in zip(dropped, ci)]
-        g = torch.Generator().manual_seed(int(rng.integers(2**31)))
-        noise = torch.randn(z.shape, generator=g)
-        t = torch.from_numpy(rng.integers(0, noise_scheduler.config.num_train_timesteps, z.shape[0]))
+        b = next(batches)
+        if b["step"] != step:
+            raise RuntimeError(f"data loader at micro-step {b['step']}, training at {step}")
+        put = lambda x: None if x is None else x.to(acc.device, non_blocking=True)  # noqa: E731
         if not grounded:
-            return denoising_loss(base, noise_scheduler, z, p, caps, t, noise, train_text=stage == "image" and text,
-                                  device=acc.device, weights=w)
+            return denoising_loss(base, noise_scheduler, put(b["z"]), put(b["p"]), b["captions"], put(b["t"]),
+                                  put(b["noise"]), train_text=stage == "image" and text, device=acc.device,
+                                  weights=put(b["w"]))
         store.clear()
-        loss = denoising_loss(base, noise_scheduler, z, p, caps, t, noise, train_text=text, device=acc.device,
-                              weights=w)
-        bits = token_bits[ci] * torch.from_numpy(~dropped)[:, None]  # a dropped caption grounds nothing
-        token_loss, pixel_loss = grounding_losses(store.maps, torch.from_numpy(clips.parts[ci, fi]).to(acc.device),
-                                                  bits.to(acc.device), cfg.grounding_pixel_regions)
+        loss = denoising_loss(base, noise_scheduler, put(b["z"]), put(b["p"]), b["captions"], put(b["t"]),
+                              put(b["noise"]), train_text=text, device=acc.device, weights=put(b["w"]))
+        token_loss, pixel_loss = grounding_losses(store.maps, put(b["parts"]), put(b["bits"]),
+                                                  cfg.grounding_pixel_regions)
         store.clear()
         runner.extra["grounding_token"].append(float(token_loss.detach()))
         runner.extra["grounding_pixel"].append(float(pixel_loss.detach()))
@@ -583,8 +649,9 @@ def preview_grid(base, data, cfg: BaseTrainConfig, device) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------- entry
-def train_base(cfg: BaseTrainConfig, log=print) -> Path:
-    """Run the requested stages and write the bundle (fp16) to cfg.output after each stage."""
+def make_accelerator(cfg, project: str):
+    """The run's Accelerator (CPU without CUDA; mixed precision, accumulation and trackers from `cfg`), its work
+    folder created, torch's threads and seed set. Returns (accelerator, work folder)."""
     from accelerate import Accelerator
 
     torch.set_num_threads(cfg.threads)
@@ -594,9 +661,15 @@ def train_base(cfg: BaseTrainConfig, log=print) -> Path:
                       gradient_accumulation_steps=cfg.gradient_accumulation, step_scheduler_with_optimizer=False,
                       log_with=None if cfg.report_to == "none" else cfg.report_to, project_dir=str(work / "logs"))
     if cfg.report_to != "none":
-        acc.init_trackers("aa-train-base", config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
-                                                   for k, v in asdict(cfg).items()})
+        acc.init_trackers(project, config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                                           for k, v in asdict(cfg).items()})
     torch.manual_seed(cfg.seed)
+    return acc, work
+
+
+def train_base(cfg: BaseTrainConfig, log=print) -> Path:
+    """Run the requested stages and write the bundle (fp16) to cfg.output after each stage."""
+    acc, work = make_accelerator(cfg, "aa-train-base")
     main_log = log if acc.is_main_process else (lambda *_: None)
     data = load_training_data(cfg.data, cfg.size, cfg.frames, cfg.fps, work / "cache", log=main_log)
     clips = data.clips

@@ -1,4 +1,5 @@
-"""`aa-train`: `base` (train a base bundle on the synthetic world) and `identity` (one-shot identity adapter)."""
+"""`aa-train`: `prepare` (shards from your videos), `base` (train a base bundle), `distill` (a few-step student of a
+base) and `identity` (one-shot identity adapter)."""
 from __future__ import annotations
 
 import sys
@@ -55,6 +56,8 @@ def main():
 @click.option("--sample-every", default=0, show_default=True,
               help="Image and video stages: a preview grid (EMA weights, 2 captions × 2 motions) every N steps "
                    "into WORK_DIR/samples (0 = off).")
+@click.option("--loader-workers", type=int, default=None,
+              help="DataLoader worker processes drawing batches ahead of training [2 with CUDA, 0 on the CPU].")
 @click.option("--warmup", default=500, show_default=True)
 @click.option("--checkpoint-every", default=500, show_default=True)
 @click.option("--init", default=None,
@@ -70,8 +73,8 @@ def main():
 def base_cmd(data, output, stages, work_dir, size, frames, vae_steps, image_steps, video_steps, vae_batch,
              image_batch, video_batch, lr, vae_lr, denoise_person_weight, grounding_token_weight,
              grounding_pixel_weight, grounding_pixel_regions, mixed_precision, gradient_accumulation,
-             report_to, gradient_checkpointing, sample_every, warmup, checkpoint_every, init, motion_module,
-             train_text_encoder, seed, threads, resume):
+             report_to, gradient_checkpointing, sample_every, loader_workers, warmup, checkpoint_every, init,
+             motion_module, train_text_encoder, seed, threads, resume):
     """Train a pose-conditioned base bundle (VAE, then image stage, then video stage)."""
     from .base import BaseTrainConfig, train_base
 
@@ -86,7 +89,7 @@ def base_cmd(data, output, stages, work_dir, size, frames, vae_steps, image_step
                               grounding_pixel_regions=grounding_pixel_regions, mixed_precision=mixed_precision,
                               gradient_accumulation=gradient_accumulation, report_to=report_to,
                               sample_every=sample_every, gradient_checkpointing=gradient_checkpointing,
-                              warmup=warmup,
+                              loader_workers=loader_workers, warmup=warmup,
                               checkpoint_every=checkpoint_every, init=init, motion_module=motion_module,
                               train_text_encoder=train_text_encoder, seed=seed, threads=threads, resume=resume)
         path = train_base(cfg, log=lambda m: click.echo(m, err=True))
@@ -126,6 +129,47 @@ def prepare_cmd(data, output, **options):
     except AAError as e:
         fail(e)
     click.echo(f"  shards: {output}")
+
+
+@main.command("distill")
+@click.option("--teacher", default=None, help="aa bundle to distil [default: the embedded models/aa-tiny].")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="Student bundle folder to write (fp16; samples with --scheduler lcm --steps 4 --guidance 1).")
+@click.option("--data", multiple=True, default=("world:4000",), show_default=True,
+              help="Repeatable training source, as for aa-train base: world:N[:SEED] or shards:DIR, [@WEIGHT].")
+@click.option("--work-dir", default="runs/aa-tiny-lcm", show_default=True, type=click.Path(path_type=Path),
+              help="Checkpoints and caches (--resume continues from here).")
+@click.option("--size", default=64, show_default=True, help="Frame size in pixels (the teacher's).")
+@click.option("--frames", default=8, show_default=True, help="Frames per training clip.")
+@click.option("--steps", default=2000, show_default=True, help="Distillation steps.")
+@click.option("--batch", default=4, show_default=True, help="Clips per step.")
+@click.option("--lr", default=1e-4, show_default=True)
+@click.option("--warmup", default=100, show_default=True)
+@click.option("--guidance-min", default=4.0, show_default=True, help="Lowest teacher guidance baked in.")
+@click.option("--guidance-max", default=6.0, show_default=True, help="Highest teacher guidance baked in.")
+@click.option("--sample-steps", default=4, show_default=True, help="The student bundle's default sampling steps.")
+@click.option("--loss", type=click.Choice(["huber", "l2"]), default="huber", show_default=True)
+@click.option("--mixed-precision", type=click.Choice(["no", "bf16", "fp16"]), default="no", show_default=True)
+@click.option("--report-to", type=click.Choice(["none", "tensorboard"]), default="none", show_default=True,
+              help="Log loss, lr and samples/s to TensorBoard under WORK_DIR/logs.")
+@click.option("--checkpoint-every", default=100, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--threads", default=1, show_default=True, help="torch threads per process.")
+@click.option("--resume", is_flag=True, help="Continue from the checkpoints in --work-dir.")
+def distill_cmd(teacher, **options):
+    """Distil a base bundle into a few-step student (latent consistency distillation): sample it with
+    aa-run --base OUTPUT (its defaults: lcm scheduler, 4 steps, guidance 1); identity adapters made for the
+    teacher merge into it."""
+    from aa_runtime.model import resolve_base
+
+    from .distill import DistillConfig, distill
+
+    try:
+        cfg = DistillConfig(teacher=str(resolve_base(teacher)), **options)
+        path = distill(cfg, log=lambda m: click.echo(m, err=True))
+    except AAError as e:
+        fail(e)
+    click.echo(f"  bundle: {path}")
 
 
 @main.command("identity")

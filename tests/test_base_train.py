@@ -298,3 +298,39 @@ def test_gradient_checkpointing_gives_the_same_losses_and_a_plain_bundle(tmp_pat
         np.testing.assert_allclose(checkpointed[stage], plain[stage], rtol=1e-4)
     keys = [load_base(tmp_path / f"{w}-out").unet.state_dict().keys() for w in ("ckpt", "plain")]
     assert keys[0] == keys[1]
+
+
+def test_batches_stream_through_a_dataloader_with_workers_unchanged(tmp_path, tiny_bundle):
+    """The stage's micro-batches come from a DataLoader: with 2 worker processes they are the batches the training
+    process draws itself (same rows, noise, timesteps, captions, grounding maps; in step order from a resume point),
+    and a run with workers takes the same losses as one without (exactly: the same batches into the same process)."""
+    import aa_train.base as base_mod
+    from aa_train.data import load_training_data
+
+    def cfg(work, workers):
+        return base_mod.BaseTrainConfig(output=tmp_path / f"{work}-out", data="world:3", stages=("image",),
+                                        work_dir=tmp_path / work, frames=2, image_steps=3, image_batch=2, warmup=1,
+                                        checkpoint_every=3, init=str(tiny_bundle), loader_workers=workers,
+                                        denoise_person_weight=2.0, grounding_token_weight=0.1)
+
+    c = cfg("a", 0)
+    data = load_training_data(c.data, c.size, c.frames, c.fps, tmp_path / "cache", log=lambda *_: None)
+    n = len(data.clips.captions)
+    lat, pose = torch.randn(n, 2, 4, 16, 16).half(), torch.randn(n, 2, 4, 16, 16).half()
+    person_w, bits = torch.rand(n, 2, 16, 16).half(), torch.randint(0, 2, (n, 64)).bool()
+    for stage in ("image", "video"):
+        batches = base_mod.StageBatches(c, stage, 0, data, lat, pose, person_w, bits if stage == "image" else None,
+                                        1000, first=2, last=6)
+        plain = list(base_mod.stage_loader(batches, torch.device("cpu"), 0))
+        pooled = list(base_mod.stage_loader(batches, torch.device("cpu"), 2))
+        assert [b["step"] for b in plain] == [b["step"] for b in pooled] == [2, 3, 4, 5]
+        for x, y in zip(plain, pooled):
+            assert x["captions"] == y["captions"]
+            for k in ("z", "p", "w", "noise", "t", "bits", "parts"):
+                assert (x[k] is None) == (y[k] is None) and (x[k] is None or torch.equal(x[k], y[k])), (stage, k)
+        assert plain[0]["z"].shape[2] == (1 if stage == "image" else 2)
+    base_mod.train_base(cfg("a", 0), log=lambda *_: None)
+    base_mod.train_base(cfg("b", 2), log=lambda *_: None)
+    losses = [torch.load(tmp_path / w / "image-state" / "custom_checkpoint_1.pkl", weights_only=False)["losses"]
+              for w in ("a", "b")]
+    assert len(losses[0]) == 3 and losses[0] == losses[1]
