@@ -128,7 +128,7 @@ def export_onnx(cfg: OnnxExportConfig) -> OnnxExportResult:
     t0 = time.perf_counter()
     base = load_base(cfg.base, cfg.motion_module, device=device, dtype=cfg.dtype)
     for adapter in adapters:
-        merge_adapter(base.unet, adapter, base_fingerprint=base.fingerprint, force=cfg.force)
+        merge_adapter(base.unet, adapter, base_fingerprint=base.adapter_bases, force=cfg.force)
     shapes = export_shapes(cfg, base)
     seconds = {"load_merge": time.perf_counter() - t0}
 

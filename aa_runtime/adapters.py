@@ -314,18 +314,21 @@ def attach_lora(unet: torch.nn.Module, rank: int, alpha: float, target_modules: 
     inject_adapter_in_model(config, unet, adapter_name=adapter_name)
 
 
-def merge_adapter(unet: torch.nn.Module, adapter: Adapter, *, base_fingerprint: str, force: bool = False,
+def merge_adapter(unet: torch.nn.Module, adapter: Adapter, *, base_fingerprint: str | tuple[str, ...],
+                  force: bool = False,
                   scale: float = 1.0, adapter_name: str = "identity") -> None:
     """Fold an adapter into the UNet's weights: W ← W + scale · (alpha / r) · B A, through peft's safe merge
-    (`scale` as diffusers' `fuse_lora(lora_scale=...)`: 0 leaves the base, 1 is the adapter as trained)."""
+    (`scale` as diffusers' `fuse_lora(lora_scale=...)`: 0 leaves the base, 1 is the adapter as trained).
+    `base_fingerprint`: the base's, or every fingerprint an adapter may name (BaseModel.adapter_bases)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
     from peft.utils import set_peft_model_state_dict
 
     if not (isinstance(scale, (int, float)) and math.isfinite(scale) and 0 <= scale <= 2):
         raise AAError("adapter scale", scale, "use a number from 0 (base only) to 2; 1 is the adapter as trained")
-    if adapter.base_fingerprint != base_fingerprint and not force:
+    accepted = (base_fingerprint,) if isinstance(base_fingerprint, str) else tuple(base_fingerprint)
+    if adapter.base_fingerprint not in accepted and not force:
         raise AAError("adapter", f"{adapter.path} was made for base {adapter.base_fingerprint or 'unknown'}, "
-                      f"this base is {base_fingerprint}", "use the base it was trained on, or pass --force")
+                      f"this base is {accepted[0]}", "use the base it was trained on, or pass --force")
     modules = dict(unet.named_modules())
     missing = [n for n in adapter.lora_A if n not in modules]
     if missing:

@@ -103,6 +103,14 @@ class BaseModel:
         return stages is not None and "image" not in stages
 
     @property
+    def adapter_bases(self) -> tuple[str, ...]:
+        """Fingerprints an identity adapter may name to merge here without --force: this base's, and for a few-step
+        student (aa-train distill) its teacher's, whose adapters it serves."""
+        distilled = (self.manifest.get("provenance") or {}).get("distill") or {}
+        teacher = (distilled.get("teacher") or {}).get("fingerprint")
+        return (self.fingerprint, teacher) if teacher else (self.fingerprint,)
+
+    @property
     def vae_scale(self) -> int:
         """Spatial down-sampling factor of the VAE (8 for SD1.5, 4 for aa-tiny)."""
         return 2 ** (len(self.vae.config.block_out_channels) - 1)

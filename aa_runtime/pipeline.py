@@ -83,6 +83,7 @@ class AnimatePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                               scheduler=scheduler)
         self.fingerprint = ""
+        self.adapter_bases: tuple[str, ...] = ()  # fingerprints identity adapters may name (BaseModel.adapter_bases)
         self.defaults = SampleDefaults()
         self.backend: UNetBackend = TorchBackend(unet)
         self.identity = None  # the merged identity adapter, if any (aa_runtime.adapters.Adapter)
@@ -94,7 +95,7 @@ class AnimatePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     def from_base(cls, base: BaseModel) -> "AnimatePipeline":
         pipe = cls(base.vae, base.text_encoder, base.tokenizer, base.unet,
                    make_scheduler("ddim", base.scheduler_config))
-        pipe.fingerprint, pipe.defaults = base.fingerprint, base.defaults
+        pipe.fingerprint, pipe.defaults, pipe.adapter_bases = base.fingerprint, base.defaults, base.adapter_bases
         return pipe
 
     @property
@@ -119,7 +120,8 @@ class AnimatePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         if self.identity is not None:
             raise AAError("identity adapter", f"{adapter.path}: an identity ({self.identity.path}) is already merged",
                           "load the base again to switch identities")
-        merge_adapter(self.unet, adapter, base_fingerprint=self.fingerprint, force=force, scale=scale)
+        merge_adapter(self.unet, adapter, base_fingerprint=self.adapter_bases or self.fingerprint, force=force,
+                      scale=scale)
         if adapter.embedding is not None:  # pivotal tuning: the identifier is a token of its own
             add_identifier_token(self.tokenizer, self.text_encoder, adapter.identifier, adapter.embedding)
         self.identity = adapter
