@@ -63,14 +63,17 @@ def onnx_cmd(base, motion_module, adapters, force, frames, height, width, batch,
 @click.option("--timing-cache", type=click.Path(path_type=Path), default=None,
               help="Timing cache to reuse and update [default: OUT.timing.cache].")
 @click.option("--device", default="cuda", show_default=True, help="cuda or cuda:N.")
-def trt_cmd(onnx_file, output, fp16, min_frames, opt_frames, max_frames, max_batch, workspace, timing_cache, device):
+@click.option("--refit", is_flag=True, help="Refittable engine: aa-run --adapter swaps the identity's attention "
+              "weights in (trt.Refitter) instead of a rebuild.")
+def trt_cmd(onnx_file, output, fp16, min_frames, opt_frames, max_frames, max_batch, workspace, timing_cache, device,
+            refit):
     """Build a TensorRT engine from ONNX_FILE (needs an NVIDIA GPU and the `gpu` extra)."""
     quiet_libraries()
     from .trt_engine import TrtBuildConfig, build_trt_engine
 
     try:
-        cfg = TrtBuildConfig(onnx=onnx_file, output=output, fp16=fp16, min_frames=min_frames, opt_frames=opt_frames,
-                             max_frames=max_frames, opt_batch=min(2, max_batch), max_batch=max_batch,
+        cfg = TrtBuildConfig(onnx=onnx_file, output=output, fp16=fp16, refit=refit, min_frames=min_frames,
+                             opt_frames=opt_frames, max_frames=max_frames, opt_batch=min(2, max_batch), max_batch=max_batch,
                              workspace_gib=workspace, timing_cache=timing_cache, device=device)
         path = build_trt_engine(cfg)
     except AAError as e:

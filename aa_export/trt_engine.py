@@ -34,6 +34,7 @@ class TrtBuildConfig:
     opt_frames: int | None = None   # default: the frames the ONNX was traced with
     max_frames: int | None = None   # default: the motion modules' length
     workspace_gib: float = 8.0
+    refit: bool = False  # refittable engine: another identity's attn2 weights go in by trt.Refitter, no rebuild
     timing_cache: Path | None = None  # default: <output>.timing.cache, reused and updated
     device: str = "cuda"
 
@@ -112,6 +113,11 @@ def build_trt_engine(cfg: TrtBuildConfig) -> Path:
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(cfg.workspace_gib * 2 ** 30))
     if cfg.fp16 and not onnx_fp16 and not flags:
         config.set_flag(trt.BuilderFlag.FP16)
+    if cfg.refit:
+        if not meta.get("aa_overridable"):
+            raise AAError("--refit", f"{onnx_path} does not record where the attn2 weights live (aa_overridable)",
+                          "re-export it with this version's aa-export onnx")
+        config.set_flag(trt.BuilderFlag.REFIT)
     shapes = profile_shapes(cfg, dims, meta)
     profile = builder.create_optimization_profile()
     for name, (lo, opt, hi) in shapes.items():
@@ -137,7 +143,10 @@ def build_trt_engine(cfg: TrtBuildConfig) -> Path:
                "gpu": torch.cuda.get_device_name(), "strongly_typed": bool(flags), "fp16": cfg.fp16 or onnx_fp16,
                "profile": {k: [list(s) for s in v] for k, v in shapes.items()},
                "build_s": round(time.perf_counter() - t0, 1),
-               "aa_unet_fingerprint": meta.get("aa_unet_fingerprint"),
+               "aa_unet_fingerprint": meta.get("aa_unet_fingerprint"), "refittable": cfg.refit,
+               # what the runtime's refit needs: where the identity's weights live, and the fingerprint of the rest
+               **({k: meta[k] for k in ("aa_overridable", "aa_fixed_fingerprint", "aa_dtype") if k in meta}
+                  if cfg.refit else {}),
                "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}}
     with atomic_path(cfg.output.with_suffix(cfg.output.suffix + ".json")) as tmp:
         tmp.write_text(json.dumps(sidecar, indent=1))

@@ -110,6 +110,31 @@ def require_ort_provider(device: torch.device) -> None:
         raise MissingDependencyError("onnxruntime-gpu", "gpu", "the onnxruntime backend on CUDA")
 
 
+def override_weights(meta: dict, unet: torch.nn.Module | None, what: str, kind: str = "ONNX model") -> dict:
+    """The weights to put into an exported UNet (ONNX initializers, or a refittable TensorRT engine's weights of the
+    same names) so it computes `unet`: {} when it was exported from these very weights; the spatial attn2 projections
+    (`aa_overridable`: another identity adapter, or none) as numpy arrays in the export's dtype and layout when only
+    they differ; a one-line error when anything else differs. `meta`: the export's aa metadata; `what`: its path."""
+    import numpy as np
+
+    from .bundle import fingerprint, fingerprint_except
+
+    if unet is None or "aa_unet_fingerprint" not in meta or meta["aa_unet_fingerprint"] == fingerprint(unet):
+        return {}
+    where = meta.get("aa_overridable", "{}")
+    where = json.loads(where) if isinstance(where, str) else where
+    if not where or meta.get("aa_fixed_fingerprint") != fingerprint_except(unet, where):
+        raise AAError(kind, f"{what} was exported from UNet weights {meta['aa_unet_fingerprint']}, this "
+                      f"pipeline's UNet is {fingerprint(unet)} beyond the identity adapter's layers",
+                      "export the same --base (adapters on the spatial cross-attention need no re-export)")
+    dtype = np.float16 if meta.get("aa_dtype") == "float16" else np.float32
+    out = {}
+    for module, at in where.items():
+        w = unet.get_submodule(module).weight.detach().cpu().float().numpy()
+        out[at["initializer"]] = np.ascontiguousarray(w.T if at["transposed"] else w, dtype=dtype)
+    return out
+
+
 _NP_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
 
 
@@ -133,30 +158,14 @@ class OnnxRuntimeBackend:
 
     def _weights_from_unet(self) -> dict:
         """The initializers to replace with the pipeline UNet's weights ({} when the file already holds them)."""
-        import numpy as np
         import onnx
-
-        from .bundle import fingerprint, fingerprint_except
 
         try:
             meta = {p.key: p.value for p in onnx.load(str(self.path), load_external_data=False).metadata_props}
         except Exception:  # not an ONNX file: ort_session gives the one-line error
             return {}
-        if self.unet is None or "aa_unet_fingerprint" not in meta or meta["aa_unet_fingerprint"] == fingerprint(
-                self.unet):
-            return {}
-        where = json.loads(meta.get("aa_overridable", "{}"))
-        if not where or meta.get("aa_fixed_fingerprint") != fingerprint_except(self.unet, where):
-            raise AAError("ONNX model", f"{self.path} was exported from UNet weights {meta['aa_unet_fingerprint']}, "
-                          f"this pipeline's UNet is {fingerprint(self.unet)} beyond the identity adapter's layers",
-                          "export the same --base (adapters on the spatial cross-attention need no re-export)")
-        dtype = np.float16 if meta.get("aa_dtype") == "float16" else np.float32
-        out = {}
-        for module, at in where.items():
-            w = self.unet.get_submodule(module).weight.detach().cpu().float().numpy()
-            w = np.ascontiguousarray(w.T if at["transposed"] else w, dtype=dtype)
-            out[at["initializer"]] = _ort().OrtValue.ortvalue_from_numpy(w)
-        return out
+        arrays = override_weights(meta, self.unet, f"{self.path}")
+        return {name: _ort().OrtValue.ortvalue_from_numpy(w) for name, w in arrays.items()}
 
     # ----------------------------------------------------------------------------- call
     def _check_shapes(self, session, feeds: dict[str, torch.Tensor]) -> None:
@@ -228,9 +237,13 @@ def import_tensorrt(purpose: str):
 
 class TensorRTBackend:
     """A serialized TensorRT engine (.plan from `aa-export trt`), run on the current CUDA stream
-    (TensorRT 10/11 name-based I/O: set_input_shape, set_tensor_address, execute_async_v3)."""
+    (TensorRT 10/11 name-based I/O: set_input_shape, set_tensor_address, execute_async_v3). Given the pipeline's
+    `unet` with another identity adapter merged, an engine built with `--refit` takes its spatial attn2 weights by
+    `trt.Refitter` (no rebuild), then its output is checked against eager PyTorch (`refit_parity`): refit-enabled
+    engines have dropped biases in some TensorRT versions, so a refit that does not reproduce the UNet is refused."""
 
     name = "tensorrt"
+    PARITY_TOLERANCE = 0.05  # max |engine − eager| / max |eager| after a refit (fp16 engines reach ~1e-2)
 
     def __init__(self, plan_path: str | os.PathLike, *, device: str | torch.device = "cuda",
                  unet: torch.nn.Module | None = None):
@@ -238,23 +251,48 @@ class TensorRTBackend:
         trt = import_tensorrt("the tensorrt backend")
         path = require_file(plan_path, "TensorRT engine", "build one with `aa-export trt unet.onnx -o unet.plan`")
         sidecar = path.with_suffix(path.suffix + ".json")
-        if unet is not None and sidecar.is_file():
+        meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+        weights = {}
+        if unet is not None and meta.get("aa_unet_fingerprint"):
             from .bundle import fingerprint
 
-            built_from = json.loads(sidecar.read_text()).get("aa_unet_fingerprint")
-            if built_from and built_from != fingerprint(unet):
-                raise AAError("TensorRT engine", f"{path} was built from UNet weights {built_from}, this "
-                              f"pipeline's UNet is {fingerprint(unet)}",
-                              "re-export and rebuild with the same --base and --adapter")
+            if meta.get("refittable"):
+                weights = override_weights(meta, unet, str(path), kind="TensorRT engine")
+            elif meta["aa_unet_fingerprint"] != fingerprint(unet):
+                raise AAError("TensorRT engine", f"{path} was built from UNet weights {meta['aa_unet_fingerprint']}, "
+                              f"this pipeline's UNet is {fingerprint(unet)}",
+                              "rebuild with the same --base and --adapter, or build with --refit to swap identities")
         self.logger = trt.Logger(trt.Logger.WARNING)
         with torch.cuda.device(self.device):
             self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(path.read_bytes())
             if self.engine is None:
                 raise AAError("TensorRT engine", f"{path} could not be deserialized",
                               "rebuild it on this machine: engines are tied to the GPU and TensorRT version")
+            self.refit_s, self.refit_parity = None, None
+            if weights:
+                self.refit_s = refit_engine(self.engine, self.logger, weights)
             self.context = self.engine.create_execution_context()
         self.dtypes = {self.engine.get_tensor_name(i): _TRT_DTYPES[self.engine.get_tensor_dtype(
             self.engine.get_tensor_name(i)).name] for i in range(self.engine.num_io_tensors)}
+        if weights:
+            self.refit_parity = self.parity(unet, meta)
+            if not self.refit_parity <= self.PARITY_TOLERANCE:
+                raise AAError("TensorRT refit", f"{path} refitted gives {self.refit_parity:.3g} relative error "
+                              "against eager PyTorch", "rebuild the engine for this adapter, or update TensorRT")
+
+    @torch.no_grad()
+    def parity(self, unet: torch.nn.Module, meta: dict) -> float:
+        """max |engine − eager| / max |eager| on one seeded call at the engine profile's smallest shapes."""
+        lo = {k: v[0] for k, v in meta.get("profile", {}).items()}
+        g = torch.Generator().manual_seed(0)
+        sample = torch.randn(lo.get("sample", (1, 8, 1, 8, 8)), generator=g)
+        text = torch.randn(lo.get("encoder_hidden_states", (1, 77, unet.config.cross_attention_dim)), generator=g)
+        t = torch.tensor(500.0)
+        dtype = next(unet.parameters()).dtype
+        want = unet(sample.to(self.device, dtype), t.to(self.device), encoder_hidden_states=text.to(self.device, dtype),
+                    return_dict=False)[0].float()
+        got = self(sample.to(self.device), t, text.to(self.device)).float()
+        return float((got - want).abs().max() / want.abs().max().clamp(min=1e-6))
 
     @torch.no_grad()
     def __call__(self, sample: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -273,6 +311,34 @@ class TensorRTBackend:
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise AAError("TensorRT engine", "execution failed", "rebuild the engine; see the TensorRT log above")
         return out.to(sample.dtype)
+
+
+def refit_engine(engine, logger, weights: dict) -> float:
+    """Put `weights` (ONNX initializer name → numpy array, the export's layout and dtype) into a refittable engine
+    with `trt.Refitter`; returns the seconds it took. Names the engine does not know are a one-line error."""
+    import time
+
+    trt = import_tensorrt("refitting a TensorRT engine")
+    t0 = time.perf_counter()
+    refitter = trt.Refitter(engine, logger)
+    known = set(refitter.get_all_weights())
+    unknown = [n for n in weights if n not in known]
+    if unknown:
+        raise AAError("TensorRT refit", f"the engine has no refittable weights named {unknown[0]} "
+                      f"({len(unknown)} of {len(weights)})", "build it with `aa-export trt --refit`")
+    held = [trt.Weights(w) for w in weights.values()]  # alive until the refit is done
+    for name, w in zip(weights, held):
+        if not refitter.set_named_weights(name, w):
+            raise AAError("TensorRT refit", f"weights {name} were refused (shape or dtype)", "rebuild the engine")
+    missing = refitter.get_missing_weights()
+    if missing:
+        raise AAError("TensorRT refit", f"{len(missing)} weights still missing (e.g. {missing[0]})",
+                      "rebuild the engine")
+    if not refitter.refit_cuda_engine():
+        raise AAError("TensorRT refit", "refit_cuda_engine failed (see the TensorRT log above)", "rebuild the engine")
+    torch.cuda.synchronize()
+    del held
+    return time.perf_counter() - t0
 
 
 # ============================================================================================ selection

@@ -28,16 +28,7 @@ if [ "${1:-}" = "--fetch" ]; then
 fi
 IMAGE_STEPS=${1:-2000}
 VIDEO_STEPS=${2:-600}
-OUT=${OUT:?set OUT to the folder that comes back}
-PY=${PY:-python3}
-START=$(date +%s)
-$PY -m pip install -q --no-index --no-deps --find-links "$WHEELS" "$WHEELS"/*.whl 2>&1 | tail -2
-export PYTHONPATH=$PWD HF_HUB_OFFLINE=1
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/device.txt"
-GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
-TAG=$(echo "$GPU" | tr 'A-Z' 'a-z' | grep -o 'h100\|h200\|a100\|l4\|a10g\|4090' | head -1)
-TAG=${TAG:-gpu}
-mkdir -p "$OUT/results"
+source benchmarks/device/setup.sh
 # the folder path a user takes: mp4s (with sidecars) → aa-train prepare → shards
 $PY - <<'PY'
 from aa_world.clips import ClipSpec, render_clip, write_clip
