@@ -134,7 +134,7 @@ def prepare_cmd(data, output, **options):
 @main.command("distill")
 @click.option("--teacher", default=None, help="aa bundle to distil [default: the embedded models/aa-tiny].")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
-              help="Student bundle folder to write (fp16; samples with --scheduler lcm --steps 4 --guidance 1).")
+              help="Student bundle folder to write (fp16; samples with --scheduler lcm --steps 4 --guidance 2).")
 @click.option("--data", multiple=True, default=("world:4000",), show_default=True,
               help="Repeatable training source, as for aa-train base: world:N[:SEED] or shards:DIR, [@WEIGHT].")
 @click.option("--work-dir", default="runs/aa-tiny-lcm", show_default=True, type=click.Path(path_type=Path),
@@ -148,6 +148,8 @@ def prepare_cmd(data, output, **options):
 @click.option("--guidance-min", default=4.0, show_default=True, help="Lowest teacher guidance baked in.")
 @click.option("--guidance-max", default=6.0, show_default=True, help="Highest teacher guidance baked in.")
 @click.option("--sample-steps", default=4, show_default=True, help="The student bundle's default sampling steps.")
+@click.option("--sample-guidance", default=2.0, show_default=True,
+              help="The student bundle's default guidance (1 = none; 2 keeps identity adapters' effect).")
 @click.option("--loss", type=click.Choice(["huber", "l2"]), default="huber", show_default=True)
 @click.option("--mixed-precision", type=click.Choice(["no", "bf16", "fp16"]), default="no", show_default=True)
 @click.option("--report-to", type=click.Choice(["none", "tensorboard"]), default="none", show_default=True,
@@ -158,7 +160,7 @@ def prepare_cmd(data, output, **options):
 @click.option("--resume", is_flag=True, help="Continue from the checkpoints in --work-dir.")
 def distill_cmd(teacher, **options):
     """Distil a base bundle into a few-step student (latent consistency distillation): sample it with
-    aa-run --base OUTPUT (its defaults: lcm scheduler, 4 steps, guidance 1); identity adapters made for the
+    aa-run --base OUTPUT (its defaults: lcm scheduler, 4 steps, guidance 2); identity adapters made for the
     teacher merge into it."""
     from aa_runtime.model import resolve_base
 

@@ -20,7 +20,7 @@ def _csv(value: str | None) -> tuple[str, ...]:
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 def main():
     """Benchmarks: `throughput` (UNet per backend), `memory` (one identity-training step), `swap` (another identity
-    on one ONNX export)."""
+    on one ONNX export), `steps` (quality against UNet calls: teacher and few-step student)."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch's OpenMP starts: before any torch import
     quiet_libraries()
 
@@ -123,6 +123,40 @@ def swap_cmd(models, repeats, out_dir):
         fail(AAError("--models/--repeats", f"{models}/{repeats}", f"use some of {', '.join(SCENARIOS)} and ≥ 1"))
     run_identity_swap(names, repeats, out_dir or RESULTS_DIR)
     click.echo(f"written: {(out_dir or RESULTS_DIR) / 'identity_swap.json'} and .md")
+
+
+@main.command("steps")
+@click.option("--teacher", default=None, help="Base bundle [default: models/aa-tiny].")
+@click.option("--student", default=None, help="Its few-step student from aa-train distill [default: models/aa-tiny-lcm].")
+@click.option("--clips", type=int, default=18, show_default=True, help="Base-report clips per sampler.")
+@click.option("--identities", type=int, default=2, show_default=True, help="Identity adapters (trained on the teacher).")
+@click.option("--threads", type=int, default=2, show_default=True, help="torch threads.")
+@click.option("--work", type=click.Path(path_type=Path), default=None,
+              help="Where adapters are trained and kept (reused on a re-run) [a temporary folder].")
+@click.option("-o", "--out-dir", type=click.Path(path_type=Path), default=None,
+              help="Where steps.json/.md go [default: benchmarks/results].")
+def steps_cmd(teacher, student, clips, identities, threads, work, out_dir):
+    """Quality against UNet calls: the teacher at 25/10 steps against its few-step student at 1/2/4/8."""
+    import tempfile
+
+    import torch
+
+    from aa_runtime.model import DEFAULT_BUNDLE
+    from benchmarks.steps import RESULTS_DIR, markdown, run_steps
+
+    teacher = Path(teacher) if teacher else DEFAULT_BUNDLE
+    student = Path(student) if student else DEFAULT_BUNDLE.with_name("aa-tiny-lcm")
+    for what, path, fix in (("teacher", teacher, "pass --teacher BUNDLE"),
+                            ("student", student, "distil one: aa-train distill --teacher TEACHER -o STUDENT")):
+        if not (path / "aa_bundle.json").is_file():
+            fail(AAError(what, f"{path} is not an aa bundle", fix))
+    if clips < 2 or identities < 1 or threads < 1:
+        fail(AAError("--clips/--identities/--threads", f"{clips}/{identities}/{threads}", "use ≥ 2, ≥ 1 and ≥ 1"))
+    torch.set_num_threads(threads)
+    work = work or Path(tempfile.mkdtemp(prefix="aa-steps-"))
+    result = run_steps(str(teacher), str(student), clips, identities, work, out_dir or RESULTS_DIR)
+    click.echo(markdown(result))
+    click.echo(f"written: {(out_dir or RESULTS_DIR) / 'steps.json'} and .md")
 
 
 if __name__ == "__main__":

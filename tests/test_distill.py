@@ -117,7 +117,7 @@ def test_distill_writes_a_few_step_student_that_serves_the_teachers_adapters(tmp
     d = manifest["provenance"]["distill"]
     assert d["teacher"]["fingerprint"] == tiny_base.fingerprint and "latent consistency" in d["method"]
     assert manifest["sample"]["scheduler"] == "lcm" and manifest["sample"]["steps"] == 4
-    assert manifest["sample"]["guidance"] == 1.0 and manifest["name"].endswith("-lcm")
+    assert manifest["sample"]["guidance"] == 2.0 and manifest["name"].endswith("-lcm")
     student = load_base(tmp_path / "student")
     assert student.adapter_bases == (student.fingerprint, tiny_base.fingerprint)
     moved = max((a.float() - b.float()).abs().max().item() for a, b in
@@ -126,7 +126,7 @@ def test_distill_writes_a_few_step_student_that_serves_the_teachers_adapters(tmp
     pipe = AnimatePipeline.from_base(student)
     pipe.set_identity(load_adapter(random_adapter(tiny_base.unet, tmp_path / "a.safetensors", tiny_base.fingerprint)))
     out = pipe("a <sks> man on a beach", motion_poses("wave", 2, 8.0, 64, 64), progress=False)
-    assert out.timings["unet_evals"] == 4 and out.frames.shape == (2, 64, 64, 3)
+    assert out.timings["unet_evals"] == 8 and out.frames.shape == (2, 64, 64, 3)  # 4 steps × CFG
     other = AnimatePipeline.from_base(load_base(tmp_path / "student"))
     with pytest.raises(AAError, match="made for base"):
         other.set_identity(load_adapter(random_adapter(tiny_base.unet, tmp_path / "b.safetensors", "0" * 16)))
@@ -136,7 +136,7 @@ def test_distill_writes_a_few_step_student_that_serves_the_teachers_adapters(tmp
 
 
 @pytest.mark.parametrize("field, value", [("guidance_min", 7.0), ("steps", 0), ("skip", 7), ("loss", "l1"),
-                                          ("target_ema", 1.0)])
+                                          ("target_ema", 1.0), ("sample_guidance", 0.5)])
 def test_bad_distill_settings_are_one_clear_error(tmp_path, tiny_bundle, field, value):
     from aa_train.distill import DistillConfig
 

@@ -1,5 +1,7 @@
-"""The shipped aa-tiny bundle (issue 3's acceptance): with no --base, a prompt and a built-in motion give a video in
-which the judge finds the prompted scene and a person where the pose says — well above the floors."""
+"""The shipped bundles (issue 3's acceptance): with no --base, a prompt and a built-in motion give a video in which
+the judge finds the prompted scene and a person where the pose says — well above the floors; the same for the
+few-step student models/aa-tiny-lcm at its own defaults (4 lcm steps, guidance 2), which must be distilled from the
+shipped base (re-distil it whenever models/aa-tiny changes)."""
 import numpy as np
 import pytest
 
@@ -7,8 +9,8 @@ PROMPT = "a woman in a red shirt dancing in a snow field"
 WOMAN_IN_RED = 1_000_005  # an evaluation identity (never seen in base training): a woman in a solid red shirt
 
 
-@pytest.fixture(scope="module")
-def generated():
+@pytest.fixture(scope="module", params=["aa-tiny", "aa-tiny-lcm"])
+def generated(request):
     from aa_runtime.model import load_base
     from aa_runtime.pipeline import AnimatePipeline
     from aa_runtime.poses import PoseSequence
@@ -16,7 +18,10 @@ def generated():
     from aa_world.identity import sample_identity
     from aa_world.judge import Judge
 
-    base = load_base(None)  # models/aa-tiny, as `aa-run` without --base
+    from aa_runtime.model import DEFAULT_BUNDLE
+
+    # models/aa-tiny, as `aa-run` without --base; or its student, as `aa-run --base models/aa-tiny-lcm`
+    base = load_base(None if request.param == "aa-tiny" else DEFAULT_BUNDLE.with_name(request.param))
     assert not base.untrained_unet, "models/aa-tiny must ship a trained UNet"
     identity = sample_identity(WOMAN_IN_RED)
     assert (identity.class_word, identity.shirt_colour, identity.shirt_pattern) == ("woman", "red", "solid")
@@ -44,3 +49,12 @@ def test_the_person_follows_the_pose(generated):
     iou = pose_iou(out, target.masks)
     shifted = pose_iou(out, np.roll(target.masks, 20, axis=2))  # floor: the same silhouettes 20 px aside
     assert iou >= 0.45 and iou >= 2 * shifted, (iou, shifted)
+
+
+def test_the_shipped_student_is_distilled_from_the_shipped_base():
+    from aa_runtime.model import DEFAULT_BUNDLE, load_base
+
+    base, student = load_base(None), load_base(DEFAULT_BUNDLE.with_name("aa-tiny-lcm"))
+    assert student.adapter_bases == (student.fingerprint, base.fingerprint), \
+        "models/aa-tiny-lcm was distilled from another base: aa-train distill --teacher models/aa-tiny again"
+    assert (student.defaults.scheduler, student.defaults.steps, student.defaults.guidance) == ("lcm", 4, 2.0)
