@@ -15,6 +15,8 @@ minutes on a CPU.
    without the adapter (the class word only: the floor), the read appearance as words alone without the adapter
    (what the text does) and the renderer's own clip of the identity there (the ceiling) → out/judge.json, and a
    frame grid of them → out/grid.png.
+5. The fast path: the same adapter on the few-step student models/aa-tiny-lcm (4 lcm steps, `aa-train distill`)
+   → out/me-snow-fast.mp4, judged and timed next to the rest.
 """
 from __future__ import annotations
 
@@ -82,11 +84,11 @@ def main(argv=None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         base, trained = base_for_demo(out, log)
         ref = reference_video(out)
-        log(f"[1/4] reference video: {ref} (an evaluation identity turning on a beach)")
+        log(f"[1/5] reference video: {ref} (an evaluation identity turning on a beach)")
         steps = {k: v for k, v in (("stage1_steps", args.stage1_steps), ("stage2_steps", args.stage2_steps)) if v}
         if not trained and not steps:
             steps = {"stage1_steps": 30, "stage2_steps": 10}  # random weights: show the loop, do not burn minutes
-        log("[2/4] aa-train identity ...")
+        log("[2/5] aa-train identity ...")
         cls = _class_word()
         # the demo's own new scene and motion stay unseen in training: an honest transfer test
         decoupled = decoupled_settings(cls, exclude_scenes=(REFERENCE["scene"], TARGET["scene"]),
@@ -97,18 +99,24 @@ def main(argv=None) -> int:
                                                     **WIDE_REACH, **decoupled, **steps),
                                 log=log)
         log(f"      appearance read off the reference: {result.appearance!r}")
-        log("[3/4] aa-run in a new scene with an unseen motion ...")
+        log("[3/5] aa-run in a new scene with an unseen motion ...")
         common = dict(base=base, motion=TARGET["motion"], frames=TARGET["frames"], seed=0,
                       progress=sys.stderr.isatty())
         prompt = f"a <me> {cls} dancing in a {TARGET['scene']}"
         written = run(RunConfig(prompt=prompt, output=out / "me-snow.mp4", adapter=str(result.adapter), **common))
-        log("[4/4] judge: the same run without the adapter (floor), the appearance as words alone, and the rendered "
+        log("[4/5] judge: the same run without the adapter (floor), the appearance as words alone, and the rendered "
             "identity there (ceiling) ...")
         floor = run(RunConfig(prompt=f"a {cls} dancing in a {TARGET['scene']}", output=out / "class-snow.mp4",
                               gif=False, **common))
         words = describe_identifier(prompt, "<me>", cls, result.appearance)
         described = run(RunConfig(prompt=words, output=out / "words-snow.mp4", gif=False, **common))
         videos = {"adapter": written["video"], "no adapter": floor["video"], "words only": described["video"]}
+        student = DEFAULT_BUNDLE.with_name("aa-tiny-lcm")
+        if trained and (student / MANIFEST).is_file():
+            log("[5/5] the fast path: the same adapter on the few-step student aa-tiny-lcm ...")
+            fast = run(RunConfig(prompt=prompt, output=out / "me-snow-fast.mp4", adapter=str(result.adapter),
+                                 gif=False, **(common | {"base": str(student)})))
+            videos["adapter, 4 steps"] = fast["video"]
         scores = judge_demo(videos, out / "judge.json")
         grid = frame_grid(out / "grid.png", ref, videos)
     except AAError as e:
@@ -120,10 +128,20 @@ def main(argv=None) -> int:
     for kind, path in written.items():
         print(f"{kind:>11}: {path}")
     print(f"      judge: {scores['path']}")
-    print(f"       grid: {grid} (rows: reference, adapter, no adapter, words only, ceiling)")
+    print(f"       grid: {grid} (rows: reference, {', '.join(videos)}, ceiling)")
+    seconds = {name: _clip_seconds(path) for name, path in videos.items()}
     for name, row in scores["videos"].items():
-        print(f"{name:>11}: ID accuracy {row['id_accuracy']:.2f}, scene accuracy {row['scene_accuracy']:.2f}")
+        took = f", {seconds[name]:.1f} s to sample" if seconds.get(name) is not None else ""
+        print(f"{name:>16}: ID accuracy {row['id_accuracy']:.2f}, scene accuracy {row['scene_accuracy']:.2f}{took}")
     return 0
+
+
+def _clip_seconds(video: Path) -> float | None:
+    """Prompt-to-frames seconds of an aa-run output, from its JSON sidecar."""
+    import json
+
+    sidecar = video.with_suffix(".json")
+    return json.loads(sidecar.read_text())["timings"].get("total_s") if sidecar.is_file() else None
 
 
 def judge_demo(videos: dict[str, Path], path: Path) -> dict:
