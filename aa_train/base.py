@@ -567,13 +567,13 @@ def train_unet(cfg, acc, base, data, stage: Stage, log, latents, pose_latents) -
         if b["step"] != step:
             raise RuntimeError(f"data loader at micro-step {b['step']}, training at {step}")
         put = lambda x: None if x is None else x.to(acc.device, non_blocking=True)  # noqa: E731
-        if not grounded:
-            return denoising_loss(base, noise_scheduler, put(b["z"]), put(b["p"]), b["captions"], put(b["t"]),
-                                  put(b["noise"]), train_text=stage == "image" and text, device=acc.device,
-                                  weights=put(b["w"]))
-        store.clear()
+        if grounded:
+            store.clear()
         loss = denoising_loss(base, noise_scheduler, put(b["z"]), put(b["p"]), b["captions"], put(b["t"]),
-                              put(b["noise"]), train_text=text, device=acc.device, weights=put(b["w"]))
+                              put(b["noise"]), train_text=stage == "image" and text, device=acc.device,
+                              weights=put(b["w"]))
+        if not grounded:
+            return loss
         token_loss, pixel_loss = grounding_losses(store.maps, put(b["parts"]), put(b["bits"]),
                                                   cfg.grounding_pixel_regions)
         store.clear()

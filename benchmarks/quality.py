@@ -190,21 +190,26 @@ def _meta(base, judge) -> dict:
             "sample_defaults": asdict(base.defaults)}
 
 
+def base_clips(scn: BaseScenario, size: int) -> list:
+    """The base report's evaluation clips (rendered: the ceiling), drawn from the scenario's seed."""
+    from aa_world.clips import render_clip, sample_clip_spec
+
+    rng = np.random.default_rng(scn.seed)
+    return [render_clip(sample_clip_spec(rng, split="eval", frames=scn.frames, fps=scn.fps, size=size))
+            for _ in range(scn.clips)]
+
+
 def run_base(scn: BaseScenario, base_path: str | None) -> dict:
     from aa_runtime.model import load_base
     from aa_runtime.pipeline import AnimatePipeline
     from aa_world.captions import full_caption
-    from aa_world.clips import render_clip, sample_clip_spec
     from aa_world.judge import Judge
     from aa_world.metrics import score_video
 
     base, judge = load_base(base_path), Judge.load()
     pipe = AnimatePipeline.from_base(base)
-    size = base.defaults.width
-    rng = np.random.default_rng(scn.seed)
     rows, ceiling = [], []
-    for i in range(scn.clips):
-        clip = render_clip(sample_clip_spec(rng, split="eval", frames=scn.frames, fps=scn.fps, size=size))
+    for i, clip in enumerate(base_clips(scn, base.defaults.width)):
         caption = full_caption(clip.identity, clip.spec.motion, clip.spec.scene, clip.spec.objects)
         frames = _generate(pipe, caption, clip, scn.steps, scn.guidance, scn.seed + i, scn.noise_correlation)
         rows.append(score_video(judge, frames, clip, clip.spec.scene, clip.spec.objects) | {"caption": caption})
@@ -342,6 +347,37 @@ def variant_settings(scn: IdentityScenario, variant: str, class_word: str, ref_s
     return {"stage1_steps": scn.stage1_steps, "stage2_steps": scn.stage2_steps} | changes
 
 
+def identity_picks(scn: IdentityScenario) -> list[tuple[int, int, str]]:
+    """(k, evaluation identity seed, reference scene) of each of the scenario's identities, drawn from its seed."""
+    from aa_world.identity import EVAL_IDENTITY_SEEDS
+    from aa_world.scenes import SCENES
+
+    rng = np.random.default_rng(scn.seed)
+    picks = []
+    for k in range(scn.identities):
+        seed = int(rng.integers(EVAL_IDENTITY_SEEDS.start, EVAL_IDENTITY_SEEDS.stop))
+        ref_scene = str(rng.choice([s for s in SCENES if s not in scn.target_scenes]))
+        picks.append((k, seed, ref_scene))
+    return picks
+
+
+def reference_clip(scn: IdentityScenario, k: int, seed: int, ref_scene: str, size: int):
+    """Identity k's reference video: the reference motion in its reference scene."""
+    from aa_world.clips import ClipSpec, render_clip
+
+    return render_clip(ClipSpec(identity_seed=seed, scene=ref_scene, scene_seed=k, motion=scn.reference_motion,
+                                frames=scn.reference_frames, fps=scn.fps, width=size, height=size, seed=k))
+
+
+def target_clips(scn: IdentityScenario, seed: int, size: int) -> list:
+    """The identity's target clips: each (new scene, new motion) of the scenario, rendered (the ceiling)."""
+    from aa_world.clips import ClipSpec, render_clip
+
+    return [render_clip(ClipSpec(identity_seed=seed, scene=scene, scene_seed=100 + j, motion=motion,
+                                 frames=scn.frames, fps=scn.fps, width=size, height=size, seed=50 + j))
+            for j, (scene, motion) in enumerate(scn.targets)]
+
+
 def _identity_job(scn: IdentityScenario, base_path: str | None, work: Path, k: int, seed: int, ref_scene: str,
                   threads: int = 1) -> tuple[dict[str, list[dict]], dict[str, float], dict[str, list[dict]]]:
     """One identity: reference video → every variant's adapter → generations in the target scenes, all scored.
@@ -351,7 +387,7 @@ def _identity_job(scn: IdentityScenario, base_path: str | None, work: Path, k: i
     from aa_runtime.pipeline import AnimatePipeline
     from aa_train.identity import IdentityTrainConfig, train_identity
     from aa_world.captions import class_caption, full_caption, identity_caption
-    from aa_world.clips import ClipSpec, render_clip, write_clip
+    from aa_world.clips import write_clip
     from aa_world.judge import Judge
     from aa_world.metrics import score_video
 
@@ -362,14 +398,11 @@ def _identity_job(scn: IdentityScenario, base_path: str | None, work: Path, k: i
     results: dict[str, list[dict]] = {v: [] for v in (*REFERENCE_BUCKETS, *scn.variants)}
     on_reference: dict[str, list[dict]] = {v: [] for v in results} if scn.reference_check else {}
     timings: dict[str, float] = {}
-    ref = render_clip(ClipSpec(identity_seed=seed, scene=ref_scene, scene_seed=k, motion=scn.reference_motion,
-                               frames=scn.reference_frames, fps=scn.fps, width=size, height=size, seed=k))
+    ref = reference_clip(scn, k, seed, ref_scene, size)
     ref_path = work / f"id{k}" / "ref.mp4"
     write_clip(ref, ref_path)
     cls = ref.identity.class_word
-    targets = [render_clip(ClipSpec(identity_seed=seed, scene=scene, scene_seed=100 + j, motion=motion,
-                                    frames=scn.frames, fps=scn.fps, width=size, height=size, seed=50 + j))
-               for j, (scene, motion) in enumerate(scn.targets)]
+    targets = target_clips(scn, seed, size)
 
     def score(pipe_, prompt_fn, bucket):
         for j, clip in enumerate(targets):
@@ -408,16 +441,9 @@ def _identity_job(scn: IdentityScenario, base_path: str | None, work: Path, k: i
 def run_identity(scn: IdentityScenario, base_path: str | None, work: Path, jobs: int = 1) -> dict:
     """Every identity of the scenario, `jobs` identities at a time (one process and one torch thread each)."""
     from aa_runtime.model import load_base
-    from aa_world.identity import EVAL_IDENTITY_SEEDS
     from aa_world.judge import Judge
-    from aa_world.scenes import SCENES
 
-    rng = np.random.default_rng(scn.seed)
-    picks = []  # drawn up front, so the identities do not depend on how many jobs run
-    for k in range(scn.identities):
-        seed = int(rng.integers(EVAL_IDENTITY_SEEDS.start, EVAL_IDENTITY_SEEDS.stop))
-        ref_scene = str(rng.choice([s for s in SCENES if s not in scn.target_scenes]))
-        picks.append((k, seed, ref_scene))
+    picks = identity_picks(scn)  # drawn up front, so the identities do not depend on how many jobs run
     if jobs > 1:
         import multiprocessing as mp
 

@@ -23,7 +23,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.quality import BaseScenario, IdentityScenario, _attributes, variant_settings  # noqa: E402
+from benchmarks.quality import (BaseScenario, IdentityScenario, _attributes, base_clips,  # noqa: E402
+                                identity_picks, reference_clip, target_clips, variant_settings)
 from benchmarks.report import write_report  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -64,18 +65,12 @@ def train_adapters(teacher_path: str, identities: int, work: Path, log) -> list[
     """The identity report's first `identities` identities, each an adapter trained on the teacher with RECIPE
     (reused from `work` when already there). Returns [{seed, ref_scene, class_word, adapter, targets}]."""
     from aa_train.identity import IdentityTrainConfig, train_identity
-    from aa_world.clips import ClipSpec, render_clip, write_clip
-    from aa_world.identity import EVAL_IDENTITY_SEEDS
-    from aa_world.scenes import SCENES
+    from aa_world.clips import write_clip
 
-    scn = IdentityScenario()
-    rng = np.random.default_rng(scn.seed)  # the identity report's draw
+    scn = IdentityScenario(identities=identities)
     out = []
-    for k in range(identities):
-        seed = int(rng.integers(EVAL_IDENTITY_SEEDS.start, EVAL_IDENTITY_SEEDS.stop))
-        ref_scene = str(rng.choice([s for s in SCENES if s not in scn.target_scenes]))
-        ref = render_clip(ClipSpec(identity_seed=seed, scene=ref_scene, scene_seed=k, motion=scn.reference_motion,
-                                   frames=scn.reference_frames, fps=scn.fps, width=64, height=64, seed=k))
+    for k, seed, ref_scene in identity_picks(scn):  # the identity report's draw
+        ref = reference_clip(scn, k, seed, ref_scene, 64)
         folder = work / f"id{k}"
         write_clip(ref, folder / "ref.mp4")
         cls = ref.identity.class_word
@@ -85,9 +80,7 @@ def train_adapters(teacher_path: str, identities: int, work: Path, log) -> list[
                                       output=adapter, cache_dir=work / "cache", preview=False,
                                       **variant_settings(scn, RECIPE, cls, ref_scene))
             train_identity(cfg, log=lambda m: log(f"[id{k}] {m}"))
-        targets = [render_clip(ClipSpec(identity_seed=seed, scene=scene, scene_seed=100 + j, motion=motion,
-                                        frames=scn.frames, fps=scn.fps, width=64, height=64, seed=50 + j))
-                   for j, (scene, motion) in enumerate(scn.targets)]
+        targets = target_clips(scn, seed, 64)
         out.append({"seed": seed, "ref_scene": ref_scene, "class_word": cls, "adapter": adapter, "targets": targets})
     return out
 
@@ -97,7 +90,6 @@ def measure(teacher_path: str, student_path: str, clips: int, identities: int, w
     from aa_runtime.model import load_base
     from aa_runtime.pipeline import AnimatePipeline
     from aa_world.captions import full_caption, identity_caption
-    from aa_world.clips import render_clip, sample_clip_spec
     from aa_world.judge import Judge
     from aa_world.metrics import score_video
 
@@ -109,16 +101,14 @@ def measure(teacher_path: str, student_path: str, clips: int, identities: int, w
         raise SystemExit(f"student: {student_path} was not distilled from {teacher_path} ({teacher_fp}); "
                          "pass the student of this teacher (aa-train distill --teacher ...)")
     scn = BaseScenario(clips=clips)
-    rng = np.random.default_rng(scn.seed)  # the base report's clips
-    base_clips = [render_clip(sample_clip_spec(rng, split="eval", frames=scn.frames, fps=scn.fps, size=64))
-                  for _ in range(clips)]
+    report_clips = base_clips(scn, 64)  # the base report's clips
     people = train_adapters(teacher_path, identities, work, log)
     rows = {s.label: [] for s in SAMPLERS}
     adapter_rows = {s.label: [] for s in SAMPLERS}
     for s in SAMPLERS:
         pipe = AnimatePipeline.from_base(bases[s.model])
-        _run(pipe, "a person", base_clips[0], s, 0)  # warm-up, not counted
-        for i, clip in enumerate(base_clips):
+        _run(pipe, "a person", report_clips[0], s, 0)  # warm-up, not counted
+        for i, clip in enumerate(report_clips):
             caption = full_caption(clip.identity, clip.spec.motion, clip.spec.scene, clip.spec.objects)
             out = _run(pipe, caption, clip, s, scn.seed + i)
             t = out.timings
