@@ -45,6 +45,13 @@ def initial_noise(shape: tuple[int, ...], seed: int, correlation: float = 0.0) -
     (the mixed noise prior of PYoCo, Ge et al. 2023): frames start alike, so backgrounds flicker less.
     ρ = 0 is plain independent noise, bit-identical to `torch.randn(shape)` with that seed."""
     generator = torch.Generator("cpu").manual_seed(seed)
+    return frame_correlated_noise(shape, generator, correlation)
+
+
+def frame_correlated_noise(shape: tuple[int, ...], generator: torch.Generator, correlation: float) -> torch.Tensor:
+    """Unit-variance noise float (B, C, F, h, w): √ρ of one draw shared by the F frames + √(1-ρ) of each frame's own
+    (the same mixture in training, `aa-train base --noise-correlation`, and sampling). The independent draw comes
+    first, so ρ = 0 is exactly `torch.randn(shape, generator=generator)`."""
     noise = torch.randn(shape, generator=generator, dtype=torch.float32)
     if correlation > 0:
         shared = torch.randn((*shape[:2], 1, *shape[3:]), generator=generator, dtype=torch.float32)  # (B, C, 1, h, w)

@@ -18,9 +18,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from aa_runtime.bundle import save_bundle
 from aa_runtime.errors import AAError
 from aa_runtime.model import load_base
-from aa_runtime.pipeline import to_unit as pipeline_to_unit
+from aa_runtime.pipeline import frame_correlated_noise, to_unit as pipeline_to_unit
 from aa_runtime.tiny import TinyConfig, build_random_base
 
 from .grounding import grounding_losses, reset_grounding_attention, set_grounding_attention, token_regions
@@ -70,6 +71,9 @@ class BaseTrainConfig:
     grounding_pixel_weight: float = 0.0  # image stage: weight of the pixel grounding loss
     grounding_pixel_regions: Literal["all", "person"] = "all"  # pixels the pixel loss counts (person: not the scene)
     caption_dropout: float = 0.1  # empty captions, for classifier-free guidance
+    # video stage: share ρ of each clip's training noise common to all its frames (PYoCo's mixed noise prior, Ge et
+    # al. 2023); the bundle then samples with the same ρ by default. 0 = independent noise per frame
+    noise_correlation: float = 0.0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # accelerate's autocast around each step (fp32 weights)
     gradient_accumulation: int = 1  # micro-batches per optimizer step (accelerator.accumulate)
     report_to: Literal["none", "tensorboard"] = "none"  # accelerate tracker: loss, lr, samples/s, preview grids
@@ -103,6 +107,8 @@ class BaseTrainConfig:
                 raise AAError(name.replace("_", "-"), getattr(self, name), "use a weight ≥ 0 (0 = off)")
         if not 0 < self.lr < 1 or not 0 <= self.ema < 1:
             raise AAError("lr/ema", f"{self.lr}/{self.ema}", "use 0 < lr < 1 and 0 ≤ ema < 1")
+        if not (isinstance(self.noise_correlation, (int, float)) and 0 <= self.noise_correlation < 1):
+            raise AAError("noise-correlation", self.noise_correlation, "use 0 ≤ ρ < 1 (0 = independent noise per frame)")
         if self.grounding_pixel_regions not in ("all", "person"):
             raise AAError("grounding-pixel-regions", self.grounding_pixel_regions, "use all or person")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
@@ -381,70 +387,61 @@ def encode_all(vae, images: np.ndarray, chunk: int = 256) -> torch.Tensor:
     return torch.cat(out).half().cpu()
 
 
-def cached_latents(vae, clips, stem: Path, log, rank: int = 0, world: int = 1,
-                   barrier=lambda: None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frame and skeleton latents, float16 (N, F, 4, h, w) each, encoded once per VAE and cached beside the data
-    (keyed by the VAE's fingerprint, so a retrained VAE never reuses stale latents). With `world` processes each
-    encodes its own block of clips; rank 0 joins the blocks; `barrier()` waits for every rank."""
-    from safetensors.torch import load_file
+LATENT_ARRAYS = ("latents", "pose_latents", "person")
 
+
+def cached_latents(vae, clips, stem: Path, log, rank: int = 0, world: int = 1,
+                   barrier=lambda: None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Frame and skeleton latents, float16 (N, F, 4, h, w) each, and latent-resolution person masks uint8
+    (N, F, h, w) (1 wherever a latent pixel's patch holds any person pixel), encoded once per VAE into a cache
+    folder beside the data (keyed by the VAE's fingerprint, so a retrained VAE never reuses stale latents). The
+    clips are encoded a block at a time and the arrays stay on disk, memory-mapped: the tensors returned share
+    their pages (copy-on-write), so neither the frames nor the latents need to fit in RAM. With `world`
+    processes each encodes its own rows of the same files; `barrier()` waits for every rank."""
     from aa_runtime.bundle import fingerprint
 
-    file = stem.with_name(f"{stem.name}-{fingerprint(vae)}.safetensors")
-    if not file.is_file():
-        n, f = clips.frames.shape[:2]
+    from . import arrays
+
+    folder = stem.with_name(f"{stem.name}-{fingerprint(vae)}")
+    if not arrays.is_complete(folder):
+        n, f, h, w = clips.frames.shape[:4]
         if n < world:
             raise AAError("data", f"{n} clips for {world} processes", "use at least one clip per process")
-        log(f"encoding {n * f} frames and skeletons with the VAE in {world} part(s) (cached in {file.name})")
-        part = encode_latent_part(vae, clips, file, rank, world)
-        if world == 1:
-            return part
+        log(f"encoding {n * f} frames and skeletons with the VAE in {world} part(s) (cached in {folder.name})")
+        down = 2 ** (len(vae.config.block_out_channels) - 1)
+        lat = (n, f, vae.config.latent_channels, h // down, w // down)
+        shapes = {"latents": (lat, np.float16), "pose_latents": (lat, np.float16),
+                  "person": ((n, f, *lat[-2:]), np.uint8)}
+        scratch = arrays.scratch_path(folder, f"encode-of-{world}" if world > 1 else f"encode-{os.getpid()}")
+        if rank == 0:
+            arrays.create(scratch, shapes)
+        barrier()
+        encode_latent_rows(vae, clips, arrays.open_rows(scratch, LATENT_ARRAYS), rank * n // world,
+                           (rank + 1) * n // world)
         barrier()
         if rank == 0:
-            join_latent_parts(file, world)
+            arrays.publish(scratch, folder, {"clips": n, "frames": f, "vae": fingerprint(vae)})
         barrier()
-    z = load_file(str(file))
-    return z["latents"], z["pose_latents"]
-
-
-def _part_file(file: Path, rank: int, world: int) -> Path:
-    return file.with_name(f"{file.stem}.part{rank}-of-{world}.safetensors")
+    got, _ = arrays.read(folder, LATENT_ARRAYS, mode="c")
+    return tuple(torch.from_numpy(got[k]) for k in LATENT_ARRAYS)
 
 
 @torch.no_grad()
-def encode_latent_part(vae, clips, file: Path, rank: int, world: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encode clips [rank·N/world, (rank+1)·N/world) and write them beside `file` (atomically); returns them."""
-    from safetensors.torch import save_file
-
-    from aa_runtime.files import atomic_path
-
+def encode_latent_rows(vae, clips, out: dict[str, np.ndarray], lo: int, hi: int, frames_per_block: int = 256) -> None:
+    """Encode clips [lo, hi) into the writable arrays `out` (`LATENT_ARRAYS`), a block of whole clips at a time."""
     vae.eval()
-    n = clips.frames.shape[0]
-    lo, hi = rank * n // world, (rank + 1) * n // world
-    frames, skeletons = clips.frames[lo:hi], clips.skeletons[lo:hi]
-    flat = lambda a: a.reshape(-1, *a.shape[2:])  # noqa: E731  (N, F, ...) → (N·F, ...)
-    latents = encode_all(vae, flat(frames))
-    latents = latents.view(*frames.shape[:2], *latents.shape[1:])  # (n, F, 4, h, w)
-    pose_latents = encode_all(vae, flat(skeletons)).view(latents.shape)
-    out = file if world == 1 else _part_file(file, rank, world)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        save_file({"latents": latents.contiguous(), "pose_latents": pose_latents.contiguous()}, str(tmp))
-    return latents, pose_latents
-
-
-def join_latent_parts(file: Path, world: int) -> None:
-    """Concatenate the `world` part files in rank order into `file` (atomically), then delete the parts."""
-    from safetensors.torch import load_file, save_file
-
-    from aa_runtime.files import atomic_path
-
-    parts = [_part_file(file, r, world) for r in range(world)]
-    loaded = [load_file(str(p)) for p in parts]
-    with atomic_path(file) as tmp:
-        save_file({k: torch.cat([z[k] for z in loaded]).contiguous() for k in ("latents", "pose_latents")}, str(tmp))
-    for p in parts:
-        p.unlink()
+    f = clips.frames.shape[1]
+    step = max(1, frames_per_block // f)
+    flat = lambda a: np.array(a).reshape(-1, *a.shape[2:])  # noqa: E731  (n, F, ...) → (n·F, ...), a writable copy
+    for s in range(lo, hi, step):
+        e = min(hi, s + step)
+        z = encode_all(vae, flat(clips.frames[s:e]))
+        out["latents"][s:e] = z.view(e - s, f, *z.shape[1:]).numpy()
+        out["pose_latents"][s:e] = encode_all(vae, flat(clips.skeletons[s:e])).view(e - s, f, *z.shape[1:]).numpy()
+        person = latent_masks(torch.from_numpy(flat(clips.masks[s:e])), tuple(z.shape[-2:]), pool="max")
+        out["person"][s:e] = person.to(torch.uint8).view(e - s, f, *z.shape[-2:]).numpy()
+    for a in out.values():
+        a.flush()
 
 
 def _encode_text(base, captions: list[str], device) -> torch.Tensor:
@@ -453,11 +450,10 @@ def _encode_text(base, captions: list[str], device) -> torch.Tensor:
     return base.text_encoder(ids)[0]  # (B, T, D)
 
 
-def latent_person_weights(masks: torch.Tensor, latent_hw: tuple[int, int], weight: float) -> torch.Tensor:
-    """Pixel person masks bool (..., H, W) → loss weights float (..., h, w): `weight` on every latent pixel whose
-    patch holds any person pixel (max-pool: a limb one latent pixel wide still counts), 1 elsewhere."""
-    m = latent_masks(masks.reshape(-1, *masks.shape[-2:]), latent_hw, pool="max")
-    return (1 + (weight - 1) * m).reshape(*masks.shape[:-2], *latent_hw)
+def person_weights(person: torch.Tensor, weight: float) -> torch.Tensor:
+    """Latent person masks (…, h, w) of 0/1 (`cached_latents`) → loss weights float: `weight` on the person, 1
+    elsewhere (a limb one latent pixel wide still counts: the masks are max-pooled)."""
+    return 1 + (weight - 1) * person.float()
 
 
 def denoising_loss(base, noise_scheduler, z, p, captions, t, noise, *, train_text: bool, device,
@@ -485,10 +481,10 @@ class StageBatches(torch.utils.data.Dataset):
     `stage_loader` serves it through a DataLoader, so drawing and gathering run in workers ahead of the step."""
 
     def __init__(self, cfg: BaseTrainConfig, stage: Stage, rank: int, data, latents: torch.Tensor,
-                 pose_latents: torch.Tensor, person_w: torch.Tensor | None, token_bits: torch.Tensor | None,
+                 pose_latents: torch.Tensor, person: torch.Tensor | None, token_bits: torch.Tensor | None,
                  num_train_timesteps: int, first: int, last: int):
         self.cfg, self.stage, self.rank, self.data = cfg, stage, rank, data
-        self.latents, self.pose_latents, self.person_w, self.token_bits = latents, pose_latents, person_w, token_bits
+        self.latents, self.pose_latents, self.person, self.token_bits = latents, pose_latents, person, token_bits
         self.timesteps, self.first, self.last = num_train_timesteps, first, last
 
     def __len__(self) -> int:
@@ -504,17 +500,17 @@ class StageBatches(torch.utils.data.Dataset):
             ci, fi = self.data.draw(rng, cfg.image_batch, video=False), rng.integers(0, f, cfg.image_batch)
             z = self.latents[ci, fi].float()[:, :, None]  # (B, 4, 1, h, w)
             p = self.pose_latents[ci, fi].float()[:, :, None]
-            if self.person_w is not None:
-                w = self.person_w[ci, fi].float()[:, None, None]  # (B, 1, 1, h, w)
+            if self.person is not None:
+                w = person_weights(self.person[ci, fi], cfg.denoise_person_weight)[:, None, None]  # (B, 1, 1, h, w)
         else:
             ci, fi = self.data.draw(rng, cfg.video_batch, video=True), None
             z = self.latents[ci].float().permute(0, 2, 1, 3, 4)  # (B, F, 4, h, w) → (B, 4, F, h, w)
             p = self.pose_latents[ci].float().permute(0, 2, 1, 3, 4)
-            if self.person_w is not None:
-                w = self.person_w[ci].float()[:, None]  # (B, 1, F, h, w)
+            if self.person is not None:
+                w = person_weights(self.person[ci], cfg.denoise_person_weight)[:, None]  # (B, 1, F, h, w)
         dropped = rng.random(len(ci)) < cfg.caption_dropout
         g = torch.Generator().manual_seed(int(rng.integers(2**31)))
-        noise = torch.randn(z.shape, generator=g)
+        noise = frame_correlated_noise(z.shape, g, cfg.noise_correlation if self.stage == "video" else 0.0)
         t = torch.from_numpy(rng.integers(0, self.timesteps, z.shape[0]))
         batch = {"step": step, "z": z, "p": p, "w": w, "noise": noise, "t": t,
                  "captions": ["" if d else clips.captions[k] for d, k in zip(dropped, ci)], "bits": None, "parts": None}
@@ -533,7 +529,7 @@ def stage_loader(batches: StageBatches, device: torch.device, workers: int | Non
                                        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
 
 
-def train_unet(cfg, acc, base, data, stage: Stage, log, latents, pose_latents) -> dict:
+def train_unet(cfg, acc, base, data, stage: Stage, log, latents, pose_latents, person) -> dict:
     """Stage `image` (frames as independent images) or `video` (clips of F frames, never a still image's)."""
     from diffusers import DDPMScheduler
 
@@ -547,9 +543,6 @@ def train_unet(cfg, acc, base, data, stage: Stage, log, latents, pose_latents) -
     runner = StageRunner(cfg, acc, base, stage, steps, cfg.lr, log)
     noise_scheduler = DDPMScheduler.from_config(base.scheduler_config)
     weighted = cfg.denoise_person_weight != 1
-    if weighted:  # (N, F, h, w), once: the masks are fixed like the latents
-        person_w = latent_person_weights(torch.from_numpy(clips.masks), tuple(latents.shape[-2:]),
-                                         cfg.denoise_person_weight).half()
     grounded = stage == "image" and (cfg.grounding_token_weight > 0 or cfg.grounding_pixel_weight > 0)
     text = train_text_encoder(cfg)
     if grounded:
@@ -558,7 +551,7 @@ def train_unet(cfg, acc, base, data, stage: Stage, log, latents, pose_latents) -
         runner.extra = {"grounding_token": [], "grounding_pixel": []}
 
     batches = iter(stage_loader(StageBatches(
-        cfg, stage, acc.process_index, data, latents, pose_latents, person_w if weighted else None,
+        cfg, stage, acc.process_index, data, latents, pose_latents, person if weighted else None,
         token_bits if grounded else None, noise_scheduler.config.num_train_timesteps,
         runner.step * cfg.gradient_accumulation, steps * cfg.gradient_accumulation), acc.device, cfg.loader_workers))
 
@@ -693,7 +686,7 @@ def train_base(cfg: BaseTrainConfig, log=print) -> Path:
     for m in (base.unet, base.vae, base.text_encoder):
         m.to(acc.device).train()
 
-    latents = pose_latents = None
+    latents = pose_latents = person = None
     for stage in cfg.stages:
         if stage in state["done"]:
             log(f"[{stage}] already done: {state['done'][stage]}")
@@ -702,9 +695,11 @@ def train_base(cfg: BaseTrainConfig, log=print) -> Path:
             summary = train_vae(cfg, acc, base, clips, log)
         else:
             if latents is None:  # pre-encode once with the (now fixed) VAE
-                latents, pose_latents = cached_latents(base.vae, clips, work / "cache" / f"latents-{data.key}", main_log,
+                latents, pose_latents, person = cached_latents(base.vae, clips, work / "cache" / f"latents-{data.key}", main_log,
                                                        acc.process_index, acc.num_processes, acc.wait_for_everyone)
-            summary = train_unet(cfg, acc, base, data, stage, log, latents, pose_latents)
+            summary = train_unet(cfg, acc, base, data, stage, log, latents, pose_latents, person)
+            if stage == "video":  # sample with the noise the motion modules were trained on
+                base.defaults = replace(base.defaults, noise_correlation=float(cfg.noise_correlation))
         state["done"][stage] = summary
         state.setdefault("rank_hashes", {})[stage] = check_ranks_agree(acc, base, stage)
         if acc.is_main_process:

@@ -46,6 +46,9 @@ def main():
               help="Image stage: pixel grounding loss weight (each pixel attends to its part's words; 0 = off).")
 @click.option("--grounding-pixel-regions", type=click.Choice(["all", "person"]), default="all", show_default=True,
               help="Pixels the pixel grounding loss counts: every grounded region, or the person's parts only.")
+@click.option("--noise-correlation", default=0.0, show_default=True,
+              help="Video stage: share of each clip's noise common to its frames (mixed noise prior, PYoCo); "
+                   "the bundle samples with it by default. 0 = independent per frame.")
 @click.option("--mixed-precision", type=click.Choice(["no", "bf16", "fp16"]), default="no", show_default=True,
               help="accelerate's autocast around each step (bf16 on a GPU).")
 @click.option("--gradient-accumulation", default=1, show_default=True, help="Micro-batches per optimizer step.")
@@ -72,8 +75,8 @@ def main():
 @click.option("--resume", is_flag=True, help="Continue from the checkpoints in --work-dir.")
 def base_cmd(data, output, stages, work_dir, size, frames, vae_steps, image_steps, video_steps, vae_batch,
              image_batch, video_batch, lr, vae_lr, denoise_person_weight, grounding_token_weight,
-             grounding_pixel_weight, grounding_pixel_regions, mixed_precision, gradient_accumulation,
-             report_to, gradient_checkpointing, sample_every, loader_workers, warmup, checkpoint_every, init,
+             grounding_pixel_weight, grounding_pixel_regions, noise_correlation, mixed_precision,
+             gradient_accumulation, report_to, gradient_checkpointing, sample_every, loader_workers, warmup, checkpoint_every, init,
              motion_module, train_text_encoder, seed, threads, resume):
     """Train a pose-conditioned base bundle (VAE, then image stage, then video stage)."""
     from .base import BaseTrainConfig, train_base
@@ -86,7 +89,8 @@ def base_cmd(data, output, stages, work_dir, size, frames, vae_steps, image_step
                               denoise_person_weight=denoise_person_weight,
                               grounding_token_weight=grounding_token_weight,
                               grounding_pixel_weight=grounding_pixel_weight,
-                              grounding_pixel_regions=grounding_pixel_regions, mixed_precision=mixed_precision,
+                              grounding_pixel_regions=grounding_pixel_regions, noise_correlation=noise_correlation,
+                              mixed_precision=mixed_precision,
                               gradient_accumulation=gradient_accumulation, report_to=report_to,
                               sample_every=sample_every, gradient_checkpointing=gradient_checkpointing,
                               loader_workers=loader_workers, warmup=warmup,
@@ -150,6 +154,9 @@ def prepare_cmd(data, output, **options):
 @click.option("--sample-steps", default=4, show_default=True, help="The student bundle's default sampling steps.")
 @click.option("--sample-guidance", default=2.0, show_default=True,
               help="The student bundle's default guidance (1 = none; 2 keeps identity adapters' effect).")
+@click.option("--student-init", default=None,
+              help="Start the student from this distilled bundle (a student of an earlier version of the teacher) "
+                   "instead of the teacher's UNet.")
 @click.option("--loss", type=click.Choice(["huber", "l2"]), default="huber", show_default=True)
 @click.option("--mixed-precision", type=click.Choice(["no", "bf16", "fp16"]), default="no", show_default=True)
 @click.option("--report-to", type=click.Choice(["none", "tensorboard"]), default="none", show_default=True,

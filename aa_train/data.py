@@ -418,38 +418,42 @@ def read_index(folder: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- loading
-def load_shards(folder: Path, size: int, frames: int):
-    """Every shard of a prepared folder → WorldClips (part labels 0 and no caption spans: nothing to ground) and
-    the still flags (N,)."""
-    from .world_data import WorldClips
-
+def shards_source(folder: Path, size: int, frames: int) -> tuple[dict, int, str]:
+    """A prepared folder's index (checked against the training size and frame count), its clip count and a key
+    naming its contents (settings, every shard's files and byte size) for the caches built from it."""
     index = read_index(folder)
     s = index["settings"]
     if (s.get("size"), s.get("frames")) != (size, frames):
         raise AAError("shards", f"{folder} holds {s.get('frames')}-frame clips at {s.get('size')} px",
                       f"train with --size {s.get('size')} --frames {s.get('frames')}, or prepare again at "
                       f"--size {size} --frames {frames}")
-    parts = {"frames": [], "skeletons": [], "masks": [], "still": []}
-    captions: list[str] = []
+    shards = [sh for sh in index["shards"] if sh["file"]]
+    n = sum(sh["clips"] for sh in shards)
+    if not n:
+        raise AAError("shards", f"{folder} holds no clips", "prepare it from videos that show a person")
+    sizes = [(Path(folder) / sh["file"]).stat().st_size if (Path(folder) / sh["file"]).is_file() else None
+             for sh in shards]
+    digest = hashlib.sha256(json.dumps([shards, sizes]).encode()).hexdigest()[:8]
+    return index, n, f"shards-{index['settings_hash']}-{n}-{digest}"
+
+
+def shard_blocks(folder: Path, index: dict) -> Iterator[dict]:
+    """The clips of a prepared folder, one shard at a time: frames, skeletons, masks, captions, still flags."""
     for shard in index["shards"]:
         if not shard["file"]:
             continue
         file = Path(folder) / shard["file"]
         try:
             with np.load(file) as z:
-                for k in parts:
-                    parts[k].append(z[k])
-                captions += json.loads(str(z["captions"]))
+                block = {k: z[k] for k in ("frames", "skeletons", "masks", "still")}
+                block["captions"] = json.loads(str(z["captions"]))
         except (OSError, ValueError, KeyError) as e:
             raise AAError("shards", f"{file} is missing or unreadable ({type(e).__name__})",
                           "prepare the folder again") from None
-    if not captions:
-        raise AAError("shards", f"{folder} holds no clips", "prepare it from videos that show a person")
-    arrays = {k: np.concatenate(v) for k, v in parts.items()}
-    n = len(captions)
-    clips = WorldClips(arrays["frames"], arrays["skeletons"], arrays["masks"], captions,
-                       np.zeros((n, frames, size, size), np.uint8), [[] for _ in range(n)])
-    return clips, arrays["still"].astype(bool)
+        if len(block["captions"]) != shard["clips"]:
+            raise AAError("shards", f"{file} holds {len(block['captions'])} clips, its index says {shard['clips']}",
+                          "prepare the folder again")
+        yield block
 
 
 @dataclass
@@ -492,33 +496,85 @@ def check_training_specs(specs, size: int, frames: int, fps: float) -> tuple[Dat
 
 
 def load_training_data(specs, size: int, frames: int, fps: float, cache_dir: Path, log=print) -> TrainingData:
-    """Render or read every source and join them."""
-    from .world_data import WorldClips, WorldSource, render_world
+    """Render or read every source and join them. World sources alone stay in memory, as rendered (and cached).
+    With shards, the joined clips are written once into a memory-mapped folder of the cache (`arrays`), one shard
+    at a time, so peak memory is one shard, whatever the data set's size."""
+    from .world_data import WorldSource
 
-    parts, stills, sources, keys, described, at = [], [], [], [], [], 0
+    plan, sources, keys, described, at = [], [], [], [], 0
     for spec in check_training_specs(specs, size, frames, fps):
         if spec.kind == "world":
             src = WorldSource.parse(f"world:{spec.arg}", size, frames, fps)
-            clips, still = render_world(src, cache_dir, log=log), None
-            keys.append(src.key)
+            n, key = src.clips, src.key
+            plan.append(("world", src))
             described.append({"kind": "world", **asdict(src), "weight": spec.weight})
         else:
-            clips, still = load_shards(Path(spec.arg), size, frames)
-            index = read_index(Path(spec.arg))
-            keys.append(f"shards-{index['settings_hash']}-{len(clips.captions)}")
+            index, n, key = shards_source(Path(spec.arg), size, frames)
+            plan.append(("shards", (Path(spec.arg), index)))
             described.append({"kind": "shards", "folder": spec.arg, "settings_hash": index["settings_hash"],
-                              "clips": len(clips.captions), "weight": spec.weight})
-        n = len(clips.captions)
-        parts.append(clips)
-        stills.append(np.zeros(n, bool) if still is None else still)
+                              "clips": n, "weight": spec.weight})
+        keys.append(key)
         sources.append((at, at + n, spec.weight))
         at += n
-    if len(parts) == 1:
-        joined, key = parts[0], keys[0]  # one world source: the cache names it as before
+    key = keys[0] if len(keys) == 1 else hashlib.sha256("|".join(keys).encode()).hexdigest()[:12]
+    if all(kind == "world" for kind, _ in plan):
+        clips = _world_in_memory([src for _, src in plan], cache_dir, log)
+        still = np.zeros(at, bool)
     else:
-        joined = WorldClips(*(np.concatenate([getattr(p, a) for p in parts])
-                              for a in ("frames", "skeletons", "masks")),
-                            [c for p in parts for c in p.captions], np.concatenate([p.parts for p in parts]),
-                            [s for p in parts for s in p.spans])
-        key = hashlib.sha256("|".join(keys).encode()).hexdigest()[:12]
-    return TrainingData(joined, np.concatenate(stills), sources, key, described)
+        clips, still = _clips_on_disk(plan, at, size, frames, Path(cache_dir) / f"clips-{key}", cache_dir, log)
+    return TrainingData(clips, still, sources, key, described)
+
+
+def _world_in_memory(srcs, cache_dir: Path, log):
+    from .world_data import WorldClips, render_world
+
+    parts = [render_world(src, cache_dir, log=log) for src in srcs]
+    if len(parts) == 1:
+        return parts[0]
+    return WorldClips(*(np.concatenate([getattr(p, a) for p in parts]) for a in ("frames", "skeletons", "masks")),
+                      [c for p in parts for c in p.captions], np.concatenate([p.parts for p in parts]),
+                      [s for p in parts for s in p.spans])
+
+
+def _clips_on_disk(plan, n: int, size: int, frames: int, folder: Path, cache_dir: Path, log):
+    """Every source of `plan`, block by block, into one memory-mapped WorldClips (+ still flags) at `folder`. Part
+    labels exist only where a world source grounds captions; shards-only data gets a zero view that takes no
+    memory."""
+    from . import arrays
+    from .world_data import WorldClips, render_world
+
+    grounded = any(kind == "world" for kind, _ in plan)
+    names = ("frames", "skeletons", "masks") + (("parts",) if grounded else ())
+    if not arrays.is_complete(folder):
+        log(f"writing {n} clips to {folder} (memory-mapped training data)")
+        f, s = frames, size
+        shapes = {"frames": ((n, f, s, s, 3), np.uint8), "skeletons": ((n, f, s, s, 3), np.uint8),
+                  "masks": ((n, f, s, s), np.bool_)} | ({"parts": ((n, f, s, s), np.uint8)} if grounded else {})
+        with arrays.building(folder, shapes) as (out, meta):
+            captions, spans, still, at = [], [], [], 0
+            for kind, src in plan:
+                if kind == "world":
+                    w = render_world(src, cache_dir, log=log)
+                    blocks = [{"frames": w.frames, "skeletons": w.skeletons, "masks": w.masks, "parts": w.parts,
+                               "captions": w.captions, "spans": w.spans, "still": np.zeros(len(w.captions), bool)}]
+                else:
+                    blocks = shard_blocks(*src)
+                for block in blocks:
+                    k = len(block["captions"])
+                    if at + k > n:
+                        raise AAError("shards", f"{src[0]} changed while it was read", "train again")
+                    for name in names:
+                        if name in block:
+                            out[name][at:at + k] = block[name]
+                    captions += block["captions"]
+                    spans += block.get("spans", [[] for _ in range(k)])
+                    still += [bool(x) for x in block["still"]]
+                    at += k
+            if at != n:
+                raise AAError("shards", f"read {at} clips where the indexes count {n}", "prepare the folders again")
+            meta.update(captions=captions, spans=spans, still=still)
+    got, meta = arrays.read(folder, names)
+    parts = got["parts"] if grounded else np.broadcast_to(np.zeros((), np.uint8), got["masks"].shape)
+    spans = [[tuple(x) for x in row] for row in meta["spans"]]
+    clips = WorldClips(got["frames"], got["skeletons"], got["masks"], meta["captions"], parts, spans)
+    return clips, np.array(meta["still"], bool)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from aa_runtime.bundle import save_bundle
 from aa_runtime.errors import AAError
+from aa_runtime.pipeline import frame_correlated_noise
 from aa_runtime.schedulers import ORIGINAL_STEPS, make_scheduler
 
 from .base import StageRunner, _encode_text, cached_latents, check_report_to, make_accelerator
@@ -69,6 +70,9 @@ class DistillConfig:
     seed: int = 0
     resume: bool = False
     threads: int = 1
+    # start the student from this distilled bundle's UNet instead of the teacher's: a student of an earlier version
+    # of the teacher (the base trained on) catches up in fewer steps than a new one
+    student_init: str | None = None
 
     def __post_init__(self):
         if isinstance(self.data, str):
@@ -164,6 +168,22 @@ def lcd_loss(student, target, teacher, terms: ConsistencyTerms, z, p, text, unco
     return (torch.sqrt((pred.float() - goal.float()).pow(2) + huber_c ** 2) - huber_c).mean()
 
 
+def _load_student(path: str, teacher, unet) -> dict:
+    """Copy a distilled bundle's UNet weights into `unet` (the teacher's copy); refuses a bundle that is not a
+    student or whose UNet has another shape. Returns its fingerprint and teacher, for the provenance."""
+    from aa_runtime.model import load_base
+
+    prior = load_base(path)
+    distilled = prior.manifest.get("provenance", {}).get("distill")
+    if not distilled:
+        raise AAError("student-init", path, "give a bundle written by aa-train distill (or leave it out)")
+    have, want = prior.unet.state_dict(), unet.state_dict()
+    if have.keys() != want.keys() or any(have[k].shape != want[k].shape for k in want):
+        raise AAError("student-init", path, "its UNet is not shaped like the teacher's: distil from the teacher")
+    unet.load_state_dict({k: v.to(want[k].dtype) for k, v in have.items()})
+    return {"bundle": str(path), "fingerprint": prior.fingerprint, "teacher": distilled["teacher"]}
+
+
 def distill(cfg: DistillConfig, log=print) -> Path:
     """Distil cfg.teacher into a few-step student bundle at cfg.output (fp16); resumable from cfg.work_dir."""
     from aa_runtime.model import load_base
@@ -178,12 +198,16 @@ def distill(cfg: DistillConfig, log=print) -> Path:
     for m in (teacher.unet, teacher.vae, teacher.text_encoder):
         m.to(acc.device)
     data = load_training_data(cfg.data, cfg.size, cfg.frames, cfg.fps, work / "cache", log=main_log)
-    latents, pose_latents = cached_latents(teacher.vae, data.clips, work / "cache" / f"latents-{data.key}", main_log,
+    latents, pose_latents, _ = cached_latents(teacher.vae, data.clips, work / "cache" / f"latents-{data.key}", main_log,
                                            acc.process_index, acc.num_processes, acc.wait_for_everyone)
     if tuple(latents.shape[-2:]) != (cfg.size // teacher.vae_scale,) * 2:
         raise AAError("size", cfg.size, "use the teacher's training size")
 
     student_unet = copy.deepcopy(teacher.unet).requires_grad_(True).train()
+    started = None
+    if cfg.student_init:
+        started = _load_student(cfg.student_init, teacher, student_unet)
+        main_log(f"student starts from {cfg.student_init} ({started['fingerprint']})")
     student = SimpleNamespace(unet=student_unet, vae=teacher.vae, text_encoder=teacher.text_encoder)
     target = TargetNetwork(student_unet, cfg.target_ema)
     params = list(student_unet.parameters())
@@ -202,7 +226,7 @@ def distill(cfg: DistillConfig, log=print) -> Path:
         with torch.no_grad():
             text = _encode_text(teacher, [clips.captions[i] for i in ci], acc.device)
         g = torch.Generator().manual_seed(int(rng.integers(2**31)))
-        noise = torch.randn(z.shape, generator=g).to(acc.device)
+        noise = frame_correlated_noise(z.shape, g, teacher.defaults.noise_correlation).to(acc.device)  # the teacher's
         index = torch.from_numpy(rng.integers(0, len(terms.grid), cfg.batch))
         guidance = torch.from_numpy(rng.uniform(cfg.guidance_min, cfg.guidance_max, cfg.batch))
         return lcd_loss(student_unet, target.unet, teacher.unet, terms, z, p, text, empty.expand_as(text), noise,
@@ -219,7 +243,7 @@ def distill(cfg: DistillConfig, log=print) -> Path:
                                                                 "fingerprint": teacher.fingerprint},
                                   "steps": cfg.steps, "sample_steps": cfg.sample_steps,
                                   "guidance": [cfg.guidance_min, cfg.guidance_max], "skip": cfg.skip,
-                                  "summary": summary,
+                                  "summary": summary, **({"student_init": started} if started else {}),
                                   "recipe": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
                                   "data": data.described, "torch": torch.__version__},
                       "init": {"bundle": str(cfg.teacher), "fingerprint": teacher.fingerprint,

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from aa_runtime.errors import AAError
 from aa_runtime.model import load_base
 from aa_runtime.tiny import TinyConfig, build_random_base
 
@@ -41,16 +42,17 @@ def test_image_stage_steps_lower_the_loss_on_a_fixed_batch():
 
 
 def test_person_weights_mark_every_latent_pixel_the_person_touches():
-    from aa_train.base import latent_person_weights
+    from aa_train.base import person_weights
+    from aa_train.losses import latent_masks
 
-    masks = torch.zeros(2, 3, 64, 64, dtype=torch.bool)
-    masks[0, 1, 5, 9] = True  # one pixel → latent (1, 2) at 4× down
-    masks[1, 2, 60:64, 0:8] = True  # a 4×8 block → latent row 15, columns 0 and 1
-    w = latent_person_weights(masks, (16, 16), 4.0)
-    expected = torch.ones(2, 3, 16, 16)
-    expected[0, 1, 1, 2] = 4.0
-    expected[1, 2, 15, 0:2] = 4.0
-    assert w.shape == (2, 3, 16, 16) and torch.equal(w, expected)
+    masks = torch.zeros(6, 64, 64, dtype=torch.bool)
+    masks[1, 5, 9] = True  # one pixel → latent (1, 2) at 4× down
+    masks[5, 60:64, 0:8] = True  # a 4×8 block → latent row 15, columns 0 and 1
+    w = person_weights(latent_masks(masks, (16, 16), pool="max")[:, 0], 4.0)
+    expected = torch.ones(6, 16, 16)
+    expected[1, 1, 2] = 4.0
+    expected[5, 15, 0:2] = 4.0
+    assert w.shape == (6, 16, 16) and torch.equal(w, expected)
 
 
 def test_weighted_denoising_loss_is_the_weighted_mean_of_per_sample_losses():
@@ -130,41 +132,50 @@ def test_two_process_accelerate_run_ends_with_identical_weights(tmp_path):
 
 def test_latents_are_encoded_once_and_keyed_by_the_vae(tmp_path):
     from aa_train.base import cached_latents, encode_all
+    from aa_train.losses import latent_masks
     from aa_train.world_data import WorldSource, render_world
 
     base = build_random_base(TinyConfig(max_tokens=64), seed=0)
     clips = render_world(WorldSource(2, 64, 2, 8.0), cache_dir=tmp_path)
-    z, p = cached_latents(base.vae, clips, tmp_path / "latents", log=lambda *_: None)  # (N, F, 4, h, w)
+    z, p, person = cached_latents(base.vae, clips, tmp_path / "latents", log=lambda *_: None)  # (N, F, 4, h, w)
     assert z.shape == p.shape == (2, 2, 4, 16, 16) and z.dtype == torch.float16
     ref = encode_all(base.vae, clips.frames.reshape(-1, 64, 64, 3)).view(z.shape)
-    torch.testing.assert_close(z, ref, rtol=0, atol=0)
-    files = list(tmp_path.glob("latents-*.safetensors"))
-    assert len(files) == 1
-    z2, p2 = cached_latents(base.vae, clips, tmp_path / "latents", log=lambda *_: None)  # read back, bit-exact
-    assert torch.equal(z, z2) and torch.equal(p, p2)
+    torch.testing.assert_close(z, ref, rtol=0, atol=0)  # one block of 4 frames, as encode_all's one chunk
+    masks = latent_masks(torch.from_numpy(clips.masks.reshape(-1, 64, 64)), (16, 16), pool="max")
+    assert person.dtype == torch.uint8 and torch.equal(person, masks.to(torch.uint8).view(2, 2, 16, 16))
+    assert 0 < person.float().mean() < 0.5
+    folders = list(tmp_path.glob("latents-*"))
+    assert len(folders) == 1 and not list(tmp_path.glob(".latents-*"))  # published, no scratch left
+    keep = z.clone()
+    z.zero_()  # copy-on-write: the cache on disk is never changed through the tensors
+    z2, p2, person2 = cached_latents(base.vae, clips, tmp_path / "latents", log=lambda *_: None)  # read back
+    assert torch.equal(keep, z2) and torch.equal(p, p2) and torch.equal(person, person2)
     with torch.no_grad():  # another VAE gets its own cache entry, never the stale latents
         base.vae.encoder.conv_in.weight.mul_(1.5)
     cached_latents(base.vae, clips, tmp_path / "latents", log=lambda *_: None)
-    assert len(list(tmp_path.glob("latents-*.safetensors"))) == 2
+    assert len(list(tmp_path.glob("latents-*"))) == 2
 
 
-def test_latents_encoded_in_rank_blocks_join_in_order(tmp_path):
-    from aa_train.base import cached_latents, encode_latent_part, join_latent_parts
+def test_latents_encoded_in_rank_blocks_fill_one_cache(tmp_path):
+    """Ranks fill their own rows of the same scratch arrays, a few clips at a time, in any order; the published
+    folder equals a one-process encoding (up to fp16 rounding of other batch sizes)."""
+    from aa_train import arrays
+    from aa_train.base import LATENT_ARRAYS, cached_latents, encode_latent_rows
     from aa_train.world_data import WorldSource, render_world
 
     base = build_random_base(TinyConfig(max_tokens=64), seed=0)
     clips = render_world(WorldSource(3, 64, 2, 8.0), cache_dir=tmp_path)
     one = cached_latents(base.vae, clips, tmp_path / "one" / "latents", log=lambda *_: None)
-    file = tmp_path / "two" / "latents-x.safetensors"
-    parts = [encode_latent_part(base.vae, clips, file, r, 2) for r in (1, 0)]  # ranks finish in any order
-    assert [p[0].shape[0] for p in parts] == [2, 1]  # blocks [1, 3) and [0, 1) of the 3 clips
-    join_latent_parts(file, 2)
-    assert [p.name for p in file.parent.iterdir()] == [file.name]  # parts removed, no temp files
-    from safetensors.torch import load_file
-
-    two = load_file(str(file))
-    for a, b in zip(one, (two["latents"], two["pose_latents"])):
-        torch.testing.assert_close(a.float(), b.float(), rtol=0, atol=2e-3)  # fp16; batch-size rounding only
+    folder, scratch = tmp_path / "two" / "latents-x", tmp_path / "two" / ".latents-x.tmp-encode"
+    arrays.create(scratch, {"latents": ((3, 2, 4, 16, 16), np.float16), "pose_latents": ((3, 2, 4, 16, 16), np.float16),
+                            "person": ((3, 2, 16, 16), np.uint8)})
+    for lo, hi in ((1, 3), (0, 1)):  # two ranks' blocks, the second rank first; one clip per encoder batch
+        encode_latent_rows(base.vae, clips, arrays.open_rows(scratch, LATENT_ARRAYS), lo, hi, frames_per_block=2)
+    arrays.publish(scratch, folder, {})
+    assert [q.name for q in folder.parent.iterdir()] == [folder.name]
+    two, _ = arrays.read(folder, LATENT_ARRAYS)
+    for a, k in zip(one, LATENT_ARRAYS):
+        torch.testing.assert_close(a.float(), torch.from_numpy(np.array(two[k])).float(), rtol=0, atol=2e-3)
 
 
 def test_train_base_runs_every_module_and_batch_on_the_accelerator_device(tmp_path, tiny_bundle, monkeypatch):
@@ -317,9 +328,9 @@ def test_batches_stream_through_a_dataloader_with_workers_unchanged(tmp_path, ti
     data = load_training_data(c.data, c.size, c.frames, c.fps, tmp_path / "cache", log=lambda *_: None)
     n = len(data.clips.captions)
     lat, pose = torch.randn(n, 2, 4, 16, 16).half(), torch.randn(n, 2, 4, 16, 16).half()
-    person_w, bits = torch.rand(n, 2, 16, 16).half(), torch.randint(0, 2, (n, 64)).bool()
+    person, bits = torch.randint(0, 2, (n, 2, 16, 16), dtype=torch.uint8), torch.randint(0, 2, (n, 64)).bool()
     for stage in ("image", "video"):
-        batches = base_mod.StageBatches(c, stage, 0, data, lat, pose, person_w, bits if stage == "image" else None,
+        batches = base_mod.StageBatches(c, stage, 0, data, lat, pose, person, bits if stage == "image" else None,
                                         1000, first=2, last=6)
         plain = list(base_mod.stage_loader(batches, torch.device("cpu"), 0))
         pooled = list(base_mod.stage_loader(batches, torch.device("cpu"), 2))
@@ -334,3 +345,38 @@ def test_batches_stream_through_a_dataloader_with_workers_unchanged(tmp_path, ti
     losses = [torch.load(tmp_path / w / "image-state" / "custom_checkpoint_1.pkl", weights_only=False)["losses"]
               for w in ("a", "b")]
     assert len(losses[0]) == 3 and losses[0] == losses[1]
+
+
+def test_video_noise_correlation_mixes_a_shared_frame_noise_and_becomes_the_bundle_default(tmp_path, tiny_bundle):
+    """`--noise-correlation ρ`: each training clip's noise is √ρ of one draw shared by its frames + √(1-ρ) of each
+    frame's own (frame-to-frame correlation ρ, unit variance; the image stage and ρ = 0 keep independent noise,
+    ρ = 0 exactly as before), and the bundle after the video stage samples with ρ."""
+    import aa_train.base as base_mod
+    from aa_runtime.pipeline import frame_correlated_noise
+    from aa_train.data import load_training_data
+
+    def cfg(rho, work="w"):
+        return base_mod.BaseTrainConfig(output=tmp_path / f"{work}-out", data="world:3", stages=("video",),
+                                        work_dir=tmp_path / work, frames=8, video_steps=1, video_batch=4, warmup=1,
+                                        init=str(tiny_bundle), noise_correlation=rho)
+
+    data = load_training_data(cfg(0).data, 64, 8, 8.0, tmp_path / "cache", log=lambda *_: None)
+    lat = torch.zeros(3, 8, 4, 16, 16).half()
+
+    def noise(rho, stage):
+        return base_mod.StageBatches(cfg(rho), stage, 0, data, lat, lat, None, None, 1000, 0, 1)[0]["noise"]
+
+    mixed = noise(0.5, "video")  # (4, 4, 8, 16, 16)
+    x = mixed.permute(2, 0, 1, 3, 4).reshape(8, -1)  # frame × elements
+    corr = torch.corrcoef(x)[~torch.eye(8, dtype=torch.bool)]
+    assert abs(corr.mean() - 0.5) < 0.05 and abs(mixed.std() - 1) < 0.05  # 28 pairs of 4,096 elements
+    plain = noise(0.0, "video")
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(frame_correlated_noise((2, 3), g.manual_seed(5), 0.0),
+                       torch.randn((2, 3), generator=g.manual_seed(5)))
+    assert torch.corrcoef(plain.permute(2, 0, 1, 3, 4).reshape(8, -1)).fill_diagonal_(0).abs().max() < 0.1
+    assert torch.equal(noise(0.5, "image"), noise(0.0, "image"))
+    base_mod.train_base(cfg(0.3), log=lambda *_: None)
+    assert load_base(tmp_path / "w-out").defaults.noise_correlation == 0.3
+    with pytest.raises(AAError, match="noise-correlation"):
+        base_mod.BaseTrainConfig(output=tmp_path / "x", noise_correlation=1.0)

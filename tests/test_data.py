@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from aa_runtime.errors import AAError
 from aa_runtime.poses import render_skeleton
-from aa_train.data import (DataSpec, PrepareDataConfig, TrainingData, caption_table, load_shards, parse_data,
+from aa_train.data import (DataSpec, PrepareDataConfig, TrainingData, caption_table, load_training_data, parse_data,
                            prepare_data)
 from aa_runtime.poses import sidecar_path
 from aa_train.preprocess import crop_clip, drop_outside, square_crop_box
@@ -60,6 +60,12 @@ def test_parse_data_specs_and_their_errors(tmp_path):
         assert "\n" not in str(e.value)
 
 
+def _load(shards, tmp_path, size=32, frames=4):
+    """A prepared folder as the base trainer reads it: (clips, still flags)."""
+    data = load_training_data([f"shards:{shards}"], size, frames, 8.0, tmp_path / "cache", log=lambda *_: None)
+    return data.clips, data.still
+
+
 def test_captions_from_metadata_csv_and_txt(folder):
     root, _ = folder
     table = caption_table(root)
@@ -76,7 +82,7 @@ def test_prepare_writes_shards_that_round_trip_the_clips(folder, tmp_path):
     assert index["counts"]["clips"] == 8 and index["counts"]["files"] == 5
     assert [r["file"] for r in index["rejected"]] == ["0/broken.mp4"] and "unreadable" in index["rejected"][0]["reason"]
     assert all(s["clips"] >= 3 or s is index["shards"][-1] for s in index["shards"] if s["file"])  # whole files each
-    got, still = load_shards(out, 32, 4)
+    got, still = _load(out, tmp_path)
     assert not still.any() and got.frames.shape == (8, 4, 32, 32, 3) and got.parts.max() == 0
     names = [json.loads(str(np.load(out / s["file"])["sources"])) for s in index["shards"] if s["file"]]
     sources = [x for row in names for x in row]
@@ -123,7 +129,7 @@ def test_images_become_still_clips_the_video_stage_never_draws(folder, tmp_path)
     index = prepare_data(PrepareDataConfig(data=(f"images:{pics}", f"videos:{root}"), output=tmp_path / "s", size=32,
                                            frames=4, clips_per_video=1), log=lambda *_: None)
     assert index["counts"]["clips"] == 5
-    got, still = load_shards(tmp_path / "s", 32, 4)
+    got, still = _load(tmp_path / "s", tmp_path)
     k = int(np.flatnonzero(still)[0])
     assert still.sum() == 1 and got.captions[k] == "a still person"
     assert (got.frames[k] == got.frames[k][:1]).all()  # one frame, repeated
@@ -166,8 +172,51 @@ def test_real_clip_through_mediapipe(tmp_path):
     shutil.copy(SHARED_CLIP, vids / "walk.mp4")
     index = prepare_data(PrepareDataConfig(data=(f"videos:{vids}",), output=tmp_path / "s", size=32, frames=4,
                                            min_person_fraction=0.5), log=lambda *_: None)
-    got, _ = load_shards(tmp_path / "s", 32, 4)
+    got, _ = _load(tmp_path / "s", tmp_path)
     assert index["counts"]["clips"] == 1 and got.masks.any() and got.skeletons.any()
+
+
+def test_shards_mixed_with_the_world_are_joined_on_disk_one_shard_at_a_time(folder, tmp_path, monkeypatch):
+    """With shards among the sources the joined clips live in a memory-mapped folder of the cache: rows equal to
+    each source's own clips in order (world part labels and spans kept, zero labels for shard rows), written
+    once (a second load reads the same folder), and the shards are read one at a time, never all together."""
+    import aa_train.data as data_mod
+    from aa_train.world_data import WorldSource, render_world
+
+    root, _ = folder
+    out = tmp_path / "s"
+    prepare_data(PrepareDataConfig(data=(f"videos:{root}",), output=out, size=32, frames=4, clips_per_video=2,
+                                   clips_per_shard=3), log=lambda *_: None)
+    shards, _ = _load(out, tmp_path / "alone")
+    n = len(shards.captions)
+    held, peak = [], [0]
+    blocks = data_mod.shard_blocks
+
+    def counted(*a):
+        for block in blocks(*a):
+            held.append(len(block["captions"]))
+            peak[0] = max(peak[0], len(block["captions"]))
+            yield block
+
+    monkeypatch.setattr(data_mod, "shard_blocks", counted)
+    data = load_training_data([f"shards:{out}", "world:2@0.5"], 32, 4, 8.0, tmp_path / "cache", log=lambda *_: None)
+    world = render_world(WorldSource(2, 32, 4, 8.0), tmp_path / "cache")
+    clips = data.clips
+    assert isinstance(clips.frames, np.memmap) and clips.frames.shape == (n + 2, 4, 32, 32, 3)
+    assert len(held) >= 2 and sum(held) == n and peak[0] < n  # one shard at a time
+    assert np.array_equal(clips.frames[:n], shards.frames) and np.array_equal(clips.frames[n:], world.frames)
+    assert np.array_equal(clips.skeletons[n:], world.skeletons) and np.array_equal(clips.masks[:n], shards.masks)
+    assert not clips.parts[:n].any() and np.array_equal(clips.parts[n:], world.parts)
+    assert clips.captions == shards.captions + world.captions and clips.spans[n:] == world.spans
+    assert data.sources == [(0, n, 1.0), (n, n + 2, 0.5)] and not data.still.any()
+    folders = list((tmp_path / "cache").glob("clips-*"))
+    assert len(folders) == 1 and not list((tmp_path / "cache").glob(".clips-*"))
+    written = {p.name: p.stat().st_mtime_ns for p in folders[0].iterdir()}
+    held.clear()
+    again = load_training_data([f"shards:{out}", "world:2@0.5"], 32, 4, 8.0, tmp_path / "cache", log=lambda *_: None)
+    assert not held and {p.name: p.stat().st_mtime_ns for p in folders[0].iterdir()} == written  # read, not rewritten
+    assert np.array_equal(again.clips.frames, clips.frames) and again.key == data.key
+    assert isinstance(shards.parts, np.ndarray) and shards.parts.strides == (0, 0, 0, 0)  # shards alone: a zero view
 
 
 def test_base_trains_from_shards_mixed_with_the_world(folder, tmp_path, tiny_bundle):

@@ -133,6 +133,18 @@ def test_distill_writes_a_few_step_student_that_serves_the_teachers_adapters(tmp
     with pytest.raises(AAError, match="distilled bundle"):
         distill(DistillConfig(teacher=str(tmp_path / "student"), output=tmp_path / "again", data=("world:2",),
                               work_dir=tmp_path / "work2", frames=2, steps=1, batch=1), log=lambda *_: None)
+    # --student-init: a later run continues that student (a step at lr ≈ 0 leaves it where it was, up to fp16
+    # rounding of the saved bundle), names it in the provenance, and refuses a bundle that is not a student
+    again = DistillConfig(teacher=str(tiny_bundle), output=tmp_path / "again", data=("world:2",), lr=1e-12,
+                          work_dir=tmp_path / "work3", frames=2, steps=1, batch=1, student_init=str(tmp_path / "student"))
+    distill(again, log=lambda *_: None)
+    cont = load_base(tmp_path / "again")
+    assert cont.manifest["provenance"]["distill"]["student_init"]["fingerprint"] == student.fingerprint
+    for (k, a), b in zip(cont.unet.state_dict().items(), load_base(tmp_path / "student").unet.state_dict().values()):
+        torch.testing.assert_close(a.float(), b.float(), rtol=2e-3, atol=1e-4, msg=lambda m: f"{k}: {m}")
+    with pytest.raises(AAError, match="student-init"):
+        distill(DistillConfig(teacher=str(tiny_bundle), output=tmp_path / "x", data=("world:2",), frames=2, steps=1,
+                              batch=1, work_dir=tmp_path / "work4", student_init=str(tiny_bundle)), log=lambda *_: None)
 
 
 @pytest.mark.parametrize("field, value", [("guidance_min", 7.0), ("steps", 0), ("skip", 7), ("loss", "l1"),
