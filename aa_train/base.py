@@ -427,8 +427,9 @@ def cached_latents(vae, clips, stem: Path, log, rank: int = 0, world: int = 1,
 
 
 @torch.no_grad()
-def encode_latent_rows(vae, clips, out: dict[str, np.ndarray], lo: int, hi: int, frames_per_block: int = 256) -> None:
-    """Encode clips [lo, hi) into the writable arrays `out` (`LATENT_ARRAYS`), a block of whole clips at a time."""
+def encode_latent_rows(vae, clips, out: dict, lo: int, hi: int, frames_per_block: int = 256) -> None:
+    """Encode clips [lo, hi) into the writable rows `out` (`LATENT_ARRAYS` → `arrays.Rows`), a block of whole clips at
+    a time."""
     vae.eval()
     f = clips.frames.shape[1]
     step = max(1, frames_per_block // f)
@@ -440,8 +441,6 @@ def encode_latent_rows(vae, clips, out: dict[str, np.ndarray], lo: int, hi: int,
         out["pose_latents"][s:e] = encode_all(vae, flat(clips.skeletons[s:e])).view(e - s, f, *z.shape[1:]).numpy()
         person = latent_masks(torch.from_numpy(flat(clips.masks[s:e])), tuple(z.shape[-2:]), pool="max")
         out["person"][s:e] = person.to(torch.uint8).view(e - s, f, *z.shape[-2:]).numpy()
-    for a in out.values():
-        a.flush()
 
 
 def _encode_text(base, captions: list[str], device) -> torch.Tensor:
