@@ -29,7 +29,7 @@ from aa_runtime.device import resolve_device
 from aa_runtime.errors import AAError, MissingDependencyError
 from aa_runtime.files import atomic_path
 from aa_runtime.model import load_base
-from aa_runtime.pipeline import AnimatePipeline, prompt_ids
+from aa_runtime.pipeline import AnimatePipeline, frame_correlated_noise, prompt_ids
 from aa_runtime.poses import PoseSequence, render_skeletons
 
 from .attention import reset_attention, set_mask_guided_attention
@@ -682,7 +682,9 @@ class IdentityTrainer:
         b, frames = parts[0].latents.shape[0], parts[0].latents.shape[2]
         gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
         shape = parts[0].latents.shape[1:]
-        all_noise = torch.randn((len(parts) * b, *shape), generator=gen).to(self.device)  # (P·B, C, F, h, w)
+        # clips (stage 2) get the frame correlation the base's motion modules were trained on and sample with
+        rho = self.base.defaults.noise_correlation if frames > 1 else 0.0
+        all_noise = frame_correlated_noise((len(parts) * b, *shape), gen, rho).to(self.device)  # (P·B, C, F, h, w)
         all_t = torch.from_numpy(rng.integers(0, self.noise_scheduler.config.num_train_timesteps,
                                               len(parts) * b)).to(self.device)  # (P·B,)
         groups = [[k] for k in range(len(parts))] if self.separate_prior else [list(range(len(parts)))]
