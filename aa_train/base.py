@@ -74,6 +74,10 @@ class BaseTrainConfig:
     # video stage: share ρ of each clip's training noise common to all its frames (PYoCo's mixed noise prior, Ge et
     # al. 2023); the bundle then samples with the same ρ by default. 0 = independent noise per frame
     noise_correlation: float = 0.0
+    # the bundle's default sampling ρ when it differs from the training ρ (None = the training ρ): sampling with a
+    # larger share than the motion modules were trained on steadies the background further, at some cost in how
+    # well the person's appearance comes through (benchmarks/results/README.md, flicker)
+    sample_noise_correlation: float | None = None
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # accelerate's autocast around each step (fp32 weights)
     gradient_accumulation: int = 1  # micro-batches per optimizer step (accelerator.accumulate)
     report_to: Literal["none", "tensorboard"] = "none"  # accelerate tracker: loss, lr, samples/s, preview grids
@@ -107,8 +111,10 @@ class BaseTrainConfig:
                 raise AAError(name.replace("_", "-"), getattr(self, name), "use a weight ≥ 0 (0 = off)")
         if not 0 < self.lr < 1 or not 0 <= self.ema < 1:
             raise AAError("lr/ema", f"{self.lr}/{self.ema}", "use 0 < lr < 1 and 0 ≤ ema < 1")
-        if not (isinstance(self.noise_correlation, (int, float)) and 0 <= self.noise_correlation < 1):
-            raise AAError("noise-correlation", self.noise_correlation, "use 0 ≤ ρ < 1 (0 = independent noise per frame)")
+        for name in ("noise_correlation", "sample_noise_correlation"):
+            rho = getattr(self, name)
+            if rho is not None and not (isinstance(rho, (int, float)) and 0 <= rho < 1):
+                raise AAError(name.replace("_", "-"), rho, "use 0 ≤ ρ < 1 (0 = independent noise per frame)")
         if self.grounding_pixel_regions not in ("all", "person"):
             raise AAError("grounding-pixel-regions", self.grounding_pixel_regions, "use all or person")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
@@ -697,8 +703,9 @@ def train_base(cfg: BaseTrainConfig, log=print) -> Path:
                 latents, pose_latents, person = cached_latents(base.vae, clips, work / "cache" / f"latents-{data.key}", main_log,
                                                        acc.process_index, acc.num_processes, acc.wait_for_everyone)
             summary = train_unet(cfg, acc, base, data, stage, log, latents, pose_latents, person)
-            if stage == "video":  # sample with the noise the motion modules were trained on
-                base.defaults = replace(base.defaults, noise_correlation=float(cfg.noise_correlation))
+            if stage == "video":  # sample with the noise the motion modules were trained on, unless told otherwise
+                rho = cfg.noise_correlation if cfg.sample_noise_correlation is None else cfg.sample_noise_correlation
+                base.defaults = replace(base.defaults, noise_correlation=float(rho))
         state["done"][stage] = summary
         state.setdefault("rank_hashes", {})[stage] = check_ranks_agree(acc, base, stage)
         if acc.is_main_process:

@@ -49,6 +49,9 @@ def main():
 @click.option("--noise-correlation", default=0.0, show_default=True,
               help="Video stage: share of each clip's noise common to its frames (mixed noise prior, PYoCo); "
                    "the bundle samples with it by default. 0 = independent per frame.")
+@click.option("--sample-noise-correlation", type=float, default=None,
+              help="The bundle's default sampling ρ, where it should differ from --noise-correlation (a larger one "
+                   "steadies the background further) [the training ρ].")
 @click.option("--mixed-precision", type=click.Choice(["no", "bf16", "fp16"]), default="no", show_default=True,
               help="accelerate's autocast around each step (bf16 on a GPU).")
 @click.option("--gradient-accumulation", default=1, show_default=True, help="Micro-batches per optimizer step.")
@@ -75,7 +78,8 @@ def main():
 @click.option("--resume", is_flag=True, help="Continue from the checkpoints in --work-dir.")
 def base_cmd(data, output, stages, work_dir, size, frames, vae_steps, image_steps, video_steps, vae_batch,
              image_batch, video_batch, lr, vae_lr, denoise_person_weight, grounding_token_weight,
-             grounding_pixel_weight, grounding_pixel_regions, noise_correlation, mixed_precision,
+             grounding_pixel_weight, grounding_pixel_regions, noise_correlation, sample_noise_correlation,
+             mixed_precision,
              gradient_accumulation, report_to, gradient_checkpointing, sample_every, loader_workers, warmup, checkpoint_every, init,
              motion_module, train_text_encoder, seed, threads, resume):
     """Train a pose-conditioned base bundle (VAE, then image stage, then video stage)."""
@@ -90,6 +94,7 @@ def base_cmd(data, output, stages, work_dir, size, frames, vae_steps, image_step
                               grounding_token_weight=grounding_token_weight,
                               grounding_pixel_weight=grounding_pixel_weight,
                               grounding_pixel_regions=grounding_pixel_regions, noise_correlation=noise_correlation,
+                              sample_noise_correlation=sample_noise_correlation,
                               mixed_precision=mixed_precision,
                               gradient_accumulation=gradient_accumulation, report_to=report_to,
                               sample_every=sample_every, gradient_checkpointing=gradient_checkpointing,

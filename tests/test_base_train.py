@@ -1,5 +1,6 @@
 """Base training: a step lowers the loss on a fixed batch; two accelerate processes end with identical weights."""
 import json
+from dataclasses import replace
 import os
 import subprocess
 import sys
@@ -378,5 +379,10 @@ def test_video_noise_correlation_mixes_a_shared_frame_noise_and_becomes_the_bund
     assert torch.equal(noise(0.5, "image"), noise(0.0, "image"))
     base_mod.train_base(cfg(0.3), log=lambda *_: None)
     assert load_base(tmp_path / "w-out").defaults.noise_correlation == 0.3
+    # a sampling ρ of its own (--sample-noise-correlation) is the bundle's default instead; out of range is refused
+    base_mod.train_base(replace(cfg(0.3, "s"), sample_noise_correlation=0.8), log=lambda *_: None)
+    assert load_base(tmp_path / "s-out").defaults.noise_correlation == 0.8
+    with pytest.raises(AAError, match="sample-noise-correlation"):
+        replace(cfg(0.3), sample_noise_correlation=1.0)
     with pytest.raises(AAError, match="noise-correlation"):
         base_mod.BaseTrainConfig(output=tmp_path / "x", noise_correlation=1.0)
