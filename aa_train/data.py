@@ -431,8 +431,8 @@ def shards_source(folder: Path, size: int, frames: int) -> tuple[dict, int, str]
     n = sum(sh["clips"] for sh in shards)
     if not n:
         raise AAError("shards", f"{folder} holds no clips", "prepare it from videos that show a person")
-    sizes = [(Path(folder) / sh["file"]).stat().st_size if (Path(folder) / sh["file"]).is_file() else None
-             for sh in shards]
+    files = [Path(folder) / sh["file"] for sh in shards]
+    sizes = [f.stat().st_size if f.is_file() else None for f in files]
     digest = hashlib.sha256(json.dumps([shards, sizes]).encode()).hexdigest()[:8]
     return index, n, f"shards-{index['settings_hash']}-{n}-{digest}"
 

@@ -168,7 +168,7 @@ def lcd_loss(student, target, teacher, terms: ConsistencyTerms, z, p, text, unco
     return (torch.sqrt((pred.float() - goal.float()).pow(2) + huber_c ** 2) - huber_c).mean()
 
 
-def _load_student(path: str, teacher, unet) -> dict:
+def _load_student(path: str, unet) -> dict:
     """Copy a distilled bundle's UNet weights into `unet` (the teacher's copy); refuses a bundle that is not a
     student or whose UNet has another shape. Returns its fingerprint and teacher, for the provenance."""
     from aa_runtime.model import load_base
@@ -206,7 +206,7 @@ def distill(cfg: DistillConfig, log=print) -> Path:
     student_unet = copy.deepcopy(teacher.unet).requires_grad_(True).train()
     started = None
     if cfg.student_init:
-        started = _load_student(cfg.student_init, teacher, student_unet)
+        started = _load_student(cfg.student_init, student_unet)
         main_log(f"student starts from {cfg.student_init} ({started['fingerprint']})")
     student = SimpleNamespace(unet=student_unet, vae=teacher.vae, text_encoder=teacher.text_encoder)
     target = TargetNetwork(student_unet, cfg.target_ema)

@@ -682,7 +682,8 @@ class IdentityTrainer:
         b, frames = parts[0].latents.shape[0], parts[0].latents.shape[2]
         gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
         shape = parts[0].latents.shape[1:]
-        # clips (stage 2) get the frame correlation the base's motion modules were trained on and sample with
+        # clips (stage 2) get the base's sampling frame correlation (its motion modules' training ρ unless the
+        # bundle was given another with --sample-noise-correlation), the noise its videos are sampled from
         rho = self.base.defaults.noise_correlation if frames > 1 else 0.0
         all_noise = frame_correlated_noise((len(parts) * b, *shape), gen, rho).to(self.device)  # (P·B, C, F, h, w)
         all_t = torch.from_numpy(rng.integers(0, self.noise_scheduler.config.num_train_timesteps,
