@@ -758,9 +758,14 @@ def training_summary(cfg: IdentityTrainConfig, trainer: IdentityTrainer, ref: Re
                        "stage2": {"steps": cfg.stage2_steps, "final_loss": _tail(losses["stage2"])}},
             "train_seconds": round(train_s, 1), "frames": len(ref.data.frames), "resolution": ref.resolution,
             "caption": ref.caption, "trainable": trainer.trainable.kind,
-            "settings": _plain({k: v for k, v in asdict(cfg).items() if k not in ("output", "work_dir", "cache_dir")}),
+            "settings": training_settings(cfg),
             "preprocess": {k: v for k, v in ref.data.source.items()
                            if k in ("pose_backend", "mask_backend", "captioner")}}
+
+
+def training_settings(cfg: IdentityTrainConfig) -> dict:
+    """The settings an adapter's metadata records (what it was trained with; where its files went aside)."""
+    return _plain({k: v for k, v in asdict(cfg).items() if k not in ("output", "work_dir", "cache_dir")})
 
 
 def _plain(value):

@@ -8,6 +8,7 @@ Writes benchmarks/results/quality_{base,identity}.json and .md. Every number com
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -18,12 +19,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from aa_runtime.console import quiet_libraries  # noqa: E402
+
+quiet_libraries()  # before aa_train.identity pulls in peft → bitsandbytes, whose import-time notices reach stderr
 from aa_train.identity import WIDE_REACH  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -378,6 +380,61 @@ def target_clips(scn: IdentityScenario, seed: int, size: int) -> list:
             for j, (scene, motion) in enumerate(scn.targets)]
 
 
+class ScoreStore:
+    """The scored rows of one identity's columns, kept in its work folder as each column finishes, so a report
+    stopped part-way (a working period ending) continues where it stopped when run again with the same --work.
+    A column is reused only under the same key: the scenario (variants and jobs aside), the base's fingerprint,
+    the judge file's digest and the column's training settings; any change scores it afresh."""
+
+    def __init__(self, path: Path, common: dict):
+        self.path, self.common = path, common
+        self.done = json.loads(path.read_text()) if path.exists() else {}
+
+    def key(self, bucket: str, settings: dict | None = None) -> str:
+        blob = json.dumps({**self.common, "bucket": bucket, "settings": settings}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def get(self, bucket: str, settings: dict | None = None) -> dict | None:
+        return self.done.get(bucket) if self.done.get(bucket, {}).get("key") == self.key(bucket, settings) else None
+
+    def put(self, bucket: str, settings: dict | None, entry: dict) -> None:
+        self.done[bucket] = {"key": self.key(bucket, settings), **entry}
+        tmp = self.path.with_suffix(".tmp")  # written whole, then renamed: never half a file
+        tmp.write_text(json.dumps(self.done, default=float))
+        os.replace(tmp, self.path)
+
+
+def _trained_adapter(cfg, base_path: str | None, fingerprint: str):
+    """A pipeline with `cfg.output` merged when that adapter file exists and was trained on this base with exactly
+    `cfg`'s settings (its metadata records them); else None."""
+    from aa_runtime.adapters import load_adapter
+    from aa_runtime.model import load_base
+    from aa_runtime.pipeline import AnimatePipeline
+    from aa_train.identity import training_settings
+
+    if not cfg.output.exists():
+        return None
+    try:
+        adapter = load_adapter(cfg.output)
+    except Exception as e:  # a file cut off when its run was stopped: train it again  # noqa: BLE001
+        print(f"{cfg.output}: not reused ({e})", file=sys.stderr)
+        return None
+    trained = adapter.meta.get("training", {}).get("settings")
+    if adapter.base_fingerprint != fingerprint or json.loads(json.dumps(training_settings(cfg))) != trained:
+        return None
+    pipe = AnimatePipeline.from_base(load_base(base_path))
+    pipe.set_identity(adapter)
+    return pipe
+
+
+def _file_digest(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
 def _identity_job(scn: IdentityScenario, base_path: str | None, work: Path, k: int, seed: int, ref_scene: str,
                   threads: int = 1) -> tuple[dict[str, list[dict]], dict[str, float], dict[str, list[dict]]]:
     """One identity: reference video → every variant's adapter → generations in the target scenes, all scored.
@@ -403,6 +460,25 @@ def _identity_job(scn: IdentityScenario, base_path: str | None, work: Path, k: i
     write_clip(ref, ref_path)
     cls = ref.identity.class_word
     targets = target_clips(scn, seed, size)
+    store = ScoreStore(work / f"id{k}" / "scores.json",
+                       {"scenario": {f: v for f, v in asdict(scn).items() if f != "variants"}, "identity": [k, seed],
+                        "base": base.fingerprint, "judge": _file_digest(judge.source)})
+
+    def reuse(bucket, settings=None) -> bool:
+        """Take a column scored earlier under the same key; False when it has to be scored."""
+        entry = store.get(bucket, settings)
+        if entry is None:
+            return False
+        results[bucket] += entry["rows"]
+        if scn.reference_check:
+            on_reference[bucket] += entry["on_reference"]
+        if "train_seconds" in entry:
+            timings[bucket] = entry["train_seconds"]
+        print(f"[id{k} {bucket}] scored earlier: reused from {store.path}", file=sys.stderr)
+        return True
+
+    def record(bucket, settings=None, **extra):
+        store.put(bucket, settings, {"rows": results[bucket], "on_reference": on_reference.get(bucket, []), **extra})
 
     def score(pipe_, prompt_fn, bucket):
         for j, clip in enumerate(targets):
@@ -419,20 +495,32 @@ def _identity_job(scn: IdentityScenario, base_path: str | None, work: Path, k: i
     if scn.reference_check:
         on_reference["ceiling"].append(score_video(judge, ref.frames, ref, ref_scene, ()) | {"identity": seed})
     plain = AnimatePipeline.from_base(base)
-    score(plain, lambda c: class_caption(cls, c.spec.motion, c.spec.scene), "floor")
-    score(plain, lambda c: full_caption(c.identity, c.spec.motion, c.spec.scene), "description")
+    for bucket, caption in (("floor", lambda c: class_caption(cls, c.spec.motion, c.spec.scene)),
+                            ("description", lambda c: full_caption(c.identity, c.spec.motion, c.spec.scene))):
+        if not reuse(bucket):
+            score(plain, caption, bucket)
+            record(bucket)
     for variant in scn.variants:
+        settings = variant_settings(scn, variant, cls, ref_scene)
+        key = {"variant": VARIANTS[variant], "settings": settings}
+        if reuse(variant, key):
+            continue
         cfg = IdentityTrainConfig(video=ref_path, name="me", class_word=cls, base=base_path,
                                   output=work / f"id{k}" / f"{variant}.safetensors", cache_dir=work / "cache",
-                                  **variant_settings(scn, variant, cls, ref_scene), preview=False)
-        t0 = time.time()
-        result = train_identity(cfg, log=lambda m: print(f"[id{k} {variant}] {m}", file=sys.stderr),
-                                **variant_hooks(variant))
-        timings[variant] = time.time() - t0
-        pipe = AnimatePipeline.from_base(result.base)  # the trained model in memory (LoRA attached)
-        pipe.set_appearance("<me>", cls, result.appearance,  # as aa-run does with the adapter file
-                            keep_identifier=cfg.identifier != "pieces")
+                                  **settings, preview=False)
+        pipe = None if variant_hooks(variant) else _trained_adapter(cfg, base_path, base.fingerprint)
+        if pipe is not None:  # trained earlier with these settings, its scores lost: loaded as aa-run loads it
+            print(f"[id{k} {variant}] trained earlier: {cfg.output} merged", file=sys.stderr)
+        else:
+            t0 = time.time()
+            result = train_identity(cfg, log=lambda m: print(f"[id{k} {variant}] {m}", file=sys.stderr),
+                                    **variant_hooks(variant))
+            timings[variant] = time.time() - t0
+            pipe = AnimatePipeline.from_base(result.base)  # the trained model in memory (LoRA attached)
+            pipe.set_appearance("<me>", cls, result.appearance,  # as aa-run does with the adapter file
+                                keep_identifier=cfg.identifier != "pieces")
         score(pipe, lambda c: identity_caption("<me>", cls, c.spec.motion, c.spec.scene), variant)
+        record(variant, key, **({"train_seconds": timings[variant]} if variant in timings else {}))
         print(f"[identity {k + 1}/{scn.identities}] {variant}: "
               f"ID {np.mean([r['id_accuracy'] for r in results[variant][-len(targets):]]):.3f}", file=sys.stderr)
     return results, timings, on_reference
@@ -452,7 +540,7 @@ def run_identity(scn: IdentityScenario, base_path: str | None, work: Path, jobs:
     else:
         outs = [_identity_job(scn, base_path, work, *p, threads=torch.get_num_threads()) for p in picks]
     results = {b: [r for res, _, _ in outs for r in res[b]] for b in (*REFERENCE_BUCKETS, *scn.variants)}
-    timings = {v: [t[v] for _, t, _ in outs] for v in scn.variants}
+    timings = {v: [t[v] for _, t, _ in outs if v in t] for v in scn.variants}  # not for adapters trained earlier
     on_reference = {b: [r for _, _, ref in outs for r in ref[b]] for b in outs[0][2]}
     per_identity = {v: {str(s): float(np.mean([r["id_accuracy"] for r in rows if r["identity"] == s]))
                         for s in sorted({r["identity"] for r in rows})} for v, rows in results.items()}
@@ -554,7 +642,8 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default=None, help="comma list of " + ", ".join(VARIANTS))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--jobs", type=int, default=1, help="identities trained at once (one process each)")
-    ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--work", type=Path, default=None, help="identity report: work folder; run again with the same "
+                    "folder to continue where it stopped (columns already scored are reused) [a new temporary one]")
     ap.add_argument("--reference-check", action="store_true", default=None,
                     help="identity report: also score every column on the reference video itself")
     args = ap.parse_args(argv)

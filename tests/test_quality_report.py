@@ -67,6 +67,39 @@ def test_reference_check_scores_the_reference_video(quality, tiny_bundle, tmp_pa
     assert "On the reference video itself" not in md.read_text()
 
 
+def test_identity_report_continues_where_it_stopped(quality, tiny_bundle, tmp_path, monkeypatch):
+    """Run again on the same --work, the identity report reuses every column scored before (nothing trains, the
+    same numbers); a column whose scores were lost but whose adapter was trained with the same settings is scored
+    from that adapter file (merged as aa-run does) without training; other settings train afresh."""
+    import aa_train.identity
+
+    scn = quality.IdentityScenario(identities=1, variants=("full",), stage1_steps=2, stage2_steps=1, steps=2,
+                                   reference_frames=8, frames=8)
+    first = quality.run_identity(scn, str(tiny_bundle), tmp_path)
+    stored = json.loads((tmp_path / "id0" / "scores.json").read_text())
+    assert set(stored) == {"floor", "description", "full"}
+
+    def no_training(*a, **k):
+        raise AssertionError("a column scored before was trained again")
+
+    monkeypatch.setattr(aa_train.identity, "train_identity", no_training)
+    again = quality.run_identity(scn, str(tiny_bundle), tmp_path)
+    assert json.dumps(again["summary"], sort_keys=True) == json.dumps(first["summary"], sort_keys=True)
+    assert again["train_seconds"] == first["train_seconds"]
+
+    (tmp_path / "id0" / "scores.json").unlink()  # scores lost, adapter kept: scored from the file
+    from_file = quality.run_identity(scn, str(tiny_bundle), tmp_path)
+    assert from_file["summary"]["full"]["id_accuracy"]["n"] == len(scn.targets)
+    assert "full" not in from_file["train_seconds"]  # not trained in this run: no time to report
+
+    trained = []
+    monkeypatch.setattr(aa_train.identity, "train_identity",
+                        lambda *a, **k: trained.append(a[0].stage1_steps) or no_training())
+    with pytest.raises(AssertionError):  # other settings: neither the scores nor the adapter are taken
+        quality.run_identity(dataclasses.replace(scn, stage1_steps=3), str(tiny_bundle), tmp_path)
+    assert trained == [3]
+
+
 def test_attention_report_probes_every_spatial_cross_attention(quality, tiny_bundle, tmp_path, monkeypatch):
     """`quality.py attention`: one normalised entropy per spatial attn2 layer and noise level, in (0, 1]; the mean
     row is the mean of the layers; the same scenario gives the same numbers."""
