@@ -180,7 +180,8 @@ def save_adapter(path: str | Path, lora_A: dict[str, torch.Tensor], lora_B: dict
     return path
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read a megabyte at a time."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -274,7 +275,7 @@ def load_adapter(path: str | Path) -> Adapter:
         if a.ndim != b.ndim or a.shape[0] != rank or b.shape[1] != rank or (b.ndim == 4 and b.shape[2:] != (1, 1)):
             raise AAError("adapter", f"{path}: {name} shapes {tuple(lora_A[name].shape)}/{tuple(lora_B[name].shape)} "
                           f"do not match rank {rank}", "re-create the adapter")
-    return Adapter(path, lora_A, lora_B, meta, _file_sha256(path), embedding)
+    return Adapter(path, lora_A, lora_B, meta, file_sha256(path), embedding)
 
 
 def add_identifier_token(tokenizer, text_encoder, identifier: str, embedding: torch.Tensor | None = None) -> int:

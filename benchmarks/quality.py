@@ -427,19 +427,12 @@ def _trained_adapter(cfg, base_path: str | None, fingerprint: str):
     return pipe
 
 
-def _file_digest(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
-
-
 def _identity_job(scn: IdentityScenario, base_path: str | None, work: Path, k: int, seed: int, ref_scene: str,
                   threads: int = 1) -> tuple[dict[str, list[dict]], dict[str, float], dict[str, list[dict]]]:
     """One identity: reference video → every variant's adapter → generations in the target scenes, all scored.
     Returns the scored rows per bucket (REFERENCE_BUCKETS, variants), the training seconds per variant and, with
     `reference_check`, the rows per bucket on the reference video itself (else {})."""
+    from aa_runtime.adapters import file_sha256
     from aa_runtime.model import load_base
     from aa_runtime.pipeline import AnimatePipeline
     from aa_train.identity import IdentityTrainConfig, train_identity
@@ -462,7 +455,7 @@ def _identity_job(scn: IdentityScenario, base_path: str | None, work: Path, k: i
     targets = target_clips(scn, seed, size)
     store = ScoreStore(work / f"id{k}" / "scores.json",
                        {"scenario": {f: v for f, v in asdict(scn).items() if f != "variants"}, "identity": [k, seed],
-                        "base": base.fingerprint, "judge": _file_digest(judge.source)})
+                        "base": base.fingerprint, "judge": file_sha256(judge.source)})
 
     def reuse(bucket, settings=None) -> bool:
         """Take a column scored earlier under the same key; False when it has to be scored."""
@@ -508,13 +501,14 @@ def _identity_job(scn: IdentityScenario, base_path: str | None, work: Path, k: i
         cfg = IdentityTrainConfig(video=ref_path, name="me", class_word=cls, base=base_path,
                                   output=work / f"id{k}" / f"{variant}.safetensors", cache_dir=work / "cache",
                                   **settings, preview=False)
-        pipe = None if variant_hooks(variant) else _trained_adapter(cfg, base_path, base.fingerprint)
+        hooks = variant_hooks(variant)  # ablations outside the config: never taken from an adapter file
+        pipe = None if hooks else _trained_adapter(cfg, base_path, base.fingerprint)
         if pipe is not None:  # trained earlier with these settings, its scores lost: loaded as aa-run loads it
             print(f"[id{k} {variant}] trained earlier: {cfg.output} merged", file=sys.stderr)
         else:
             t0 = time.time()
             result = train_identity(cfg, log=lambda m: print(f"[id{k} {variant}] {m}", file=sys.stderr),
-                                    **variant_hooks(variant))
+                                    **hooks)
             timings[variant] = time.time() - t0
             pipe = AnimatePipeline.from_base(result.base)  # the trained model in memory (LoRA attached)
             pipe.set_appearance("<me>", cls, result.appearance,  # as aa-run does with the adapter file

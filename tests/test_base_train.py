@@ -1,9 +1,9 @@
 """Base training: a step lowers the loss on a fixed batch; two accelerate processes end with identical weights."""
 import json
-from dataclasses import replace
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
