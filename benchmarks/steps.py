@@ -23,8 +23,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.quality import (BaseScenario, IdentityScenario, _attributes, base_clips,  # noqa: E402
-                                identity_picks, reference_clip, target_clips, variant_settings)
+from benchmarks.quality import (BaseScenario, IdentityScenario, _attributes, adapter_trained_as,  # noqa: E402
+                                base_clips, identity_picks, reference_clip, target_clips, variant_settings)
 from benchmarks.report import write_report  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -63,10 +63,12 @@ def _run(pipe, prompt: str, clip, s: Sampler, seed: int):
 
 def train_adapters(teacher_path: str, identities: int, work: Path, log) -> list[dict]:
     """The identity report's first `identities` identities, each an adapter trained on the teacher with RECIPE
-    (reused from `work` when already there). Returns [{seed, ref_scene, class_word, adapter, targets}]."""
+    (reused from `work` when one trained on this teacher with the same settings is there). Returns [{seed, ref_scene, class_word, adapter, targets}]."""
     from aa_train.identity import IdentityTrainConfig, train_identity
+    from aa_runtime.model import load_base
     from aa_world.clips import write_clip
 
+    fingerprint = load_base(teacher_path).fingerprint
     scn = IdentityScenario(identities=identities)
     out = []
     for k, seed, ref_scene in identity_picks(scn):  # the identity report's draw
@@ -75,10 +77,10 @@ def train_adapters(teacher_path: str, identities: int, work: Path, log) -> list[
         write_clip(ref, folder / "ref.mp4")
         cls = ref.identity.class_word
         adapter = folder / f"{RECIPE}.safetensors"
-        if not adapter.is_file():
-            cfg = IdentityTrainConfig(video=folder / "ref.mp4", name="me", class_word=cls, base=teacher_path,
-                                      output=adapter, cache_dir=work / "cache", preview=False,
-                                      **variant_settings(scn, RECIPE, cls, ref_scene))
+        cfg = IdentityTrainConfig(video=folder / "ref.mp4", name="me", class_word=cls, base=teacher_path,
+                                  output=adapter, cache_dir=work / "cache", preview=False,
+                                  **variant_settings(scn, RECIPE, cls, ref_scene))
+        if not adapter_trained_as(cfg, fingerprint):  # none yet, or another teacher's or other settings
             train_identity(cfg, log=lambda m: log(f"[id{k}] {m}"))
         targets = target_clips(scn, seed, 64)
         out.append({"seed": seed, "ref_scene": ref_scene, "class_word": cls, "adapter": adapter, "targets": targets})

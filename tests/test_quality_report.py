@@ -99,6 +99,22 @@ def test_identity_report_continues_where_it_stopped(quality, tiny_bundle, tmp_pa
         quality.run_identity(dataclasses.replace(scn, stage1_steps=3), str(tiny_bundle), tmp_path)
     assert trained == [3]
 
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from aa_runtime.adapters import METADATA_KEY
+
+    adapter = tmp_path / "id0" / "full.safetensors"  # the same settings, but trained on another base: not taken
+    with safe_open(str(adapter), "pt") as f:
+        header = f.metadata()
+    meta = json.loads(header[METADATA_KEY])
+    save_file(load_file(str(adapter)), str(adapter),
+              metadata={**header, METADATA_KEY: json.dumps({**meta, "base_fingerprint": "0" * 16})})
+    (tmp_path / "id0" / "scores.json").unlink(missing_ok=True)
+    with pytest.raises(AssertionError):
+        quality.run_identity(scn, str(tiny_bundle), tmp_path)
+    assert trained == [3, scn.stage1_steps]
+
 
 def test_attention_report_probes_every_spatial_cross_attention(quality, tiny_bundle, tmp_path, monkeypatch):
     """`quality.py attention`: one normalised entropy per spatial attn2 layer and noise level, in (0, 1]; the mean
