@@ -159,5 +159,38 @@ def steps_cmd(teacher, student, clips, identities, threads, work, out_dir):
     click.echo(f"written: {(out_dir or RESULTS_DIR) / 'steps.json'} and .md")
 
 
+@main.command("paired-speed")
+@click.argument("bundles", nargs=-1, required=True)
+@click.option("--clips", type=int, default=12, show_default=True, help="Timed clips per bundle.")
+@click.option("--threads", type=int, default=2, show_default=True, help="torch threads.")
+@click.option("--name", default="paired_speed", show_default=True, help="Report file stem.")
+@click.option("-o", "--out-dir", type=click.Path(path_type=Path), default=None,
+              help="Where NAME.json/.md go [default: benchmarks/results].")
+def paired_speed_cmd(bundles, clips, threads, name, out_dir):
+    """Clip seconds of two or more bundles (NAME=PATH or PATH), each at its own sampling defaults, timed in turn in
+    one process: which is faster on this machine today, whatever its speed."""
+    import torch
+
+    from benchmarks.report import write_report
+    from benchmarks.steps import RESULTS_DIR, paired_markdown, paired_seconds
+
+    named = {}
+    for item in bundles:
+        label, _, path = item.rpartition("=")
+        label = label or Path(path).name
+        if not (Path(path) / "aa_bundle.json").is_file():
+            fail(AAError("bundle", f"{path} is not an aa bundle", "pass aa bundle folders, e.g. models/aa-tiny-lcm"))
+        if label in named:
+            fail(AAError("bundle name", label, "give each bundle its own name: NAME=PATH"))
+        named[label] = path
+    if len(named) < 2 or clips < 1 or threads < 1:
+        fail(AAError("bundles/--clips/--threads", f"{len(named)}/{clips}/{threads}", "use ≥ 2 bundles, ≥ 1 and ≥ 1"))
+    torch.set_num_threads(threads)
+    result = paired_seconds(named, clips)
+    write_report(out_dir or RESULTS_DIR, name, result, paired_markdown(result))
+    click.echo(paired_markdown(result))
+    click.echo(f"written: {(out_dir or RESULTS_DIR) / name}.json and .md")
+
+
 if __name__ == "__main__":
     main()

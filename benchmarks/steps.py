@@ -234,3 +234,50 @@ def run_steps(teacher: str, student: str, clips: int, identities: int, work: Pat
     result = measure(teacher, student, clips, identities, work, log)
     write_report(out_dir, "steps", result, markdown(result))
     return result
+
+
+def paired_seconds(bundles: dict[str, str], clips: int, clock=time.perf_counter) -> dict:
+    """Clip seconds of several bundles of the same size, each at its own sampling defaults, timed in one process
+    with the bundles taking turns clip by clip (the order reversed every other clip), so a machine that runs slower
+    one day slows them alike. After one warm-up clip each; the base report's clips and captions. Returns
+    {"meta", "bundles": {name: {path, fingerprint, sampler, seconds: [...], median_s, min_s}}, "ratio_to_first"}."""
+    from aa_runtime.model import load_base
+    from aa_runtime.pipeline import AnimatePipeline
+    from aa_world.captions import full_caption
+
+    bases = {k: load_base(p) for k, p in bundles.items()}
+    pipes = {k: AnimatePipeline.from_base(b) for k, b in bases.items()}
+    samplers = {k: Sampler(k, b.defaults.steps, b.defaults.scheduler, b.defaults.guidance) for k, b in bases.items()}
+    report_clips = base_clips(BaseScenario(clips=clips + 1), 64)
+    prompts = [full_caption(c.identity, c.spec.motion, c.spec.scene, c.spec.objects) for c in report_clips]
+    for k in bundles:  # warm-up
+        _run(pipes[k], prompts[0], report_clips[0], samplers[k], 0)
+    seconds = {k: [] for k in bundles}
+    for i in range(1, clips + 1):
+        for k in (list(bundles) if i % 2 else list(bundles)[::-1]):
+            t = clock()
+            _run(pipes[k], prompts[i], report_clips[i], samplers[k], i)
+            seconds[k].append(clock() - t)
+    first = statistics.median(seconds[next(iter(bundles))])
+    out = {k: {"path": bundles[k], "fingerprint": bases[k].fingerprint, "sampler": asdict(samplers[k]),
+               "seconds": seconds[k], "median_s": statistics.median(seconds[k]), "min_s": min(seconds[k])}
+           for k in bundles}
+    return {"meta": {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": platform.machine(),
+                     "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                     "clips": clips},
+            "bundles": out, "ratio_to_first": {k: v["median_s"] / first for k, v in out.items()}}
+
+
+def paired_markdown(result: dict) -> str:
+    m = result["meta"]
+    lines = ["# Clip seconds, bundles timed in turn", "",
+             f"{m['date']}, {m['machine']}, {m['cpus']} CPUs, {m['threads']} torch threads, torch {m['torch']}. "
+             f"{m['clips']} clips of the base quality report (16 frames, 64 px), each bundle at its own sampling "
+             "defaults, the bundles taking turns clip by clip in one process (order reversed every other clip), "
+             "after a warm-up clip each; prompt to frames.", "",
+             "| bundle | fingerprint | sampler | clip s (median) | fastest | ratio to the first |", "|---|---|---|---|---|---|"]
+    for k, b in result["bundles"].items():
+        s = b["sampler"]
+        lines.append(f"| {k} (`{b['path']}`) | {b['fingerprint']} | {s['steps']} {s['scheduler']} steps, guidance "
+                     f"{s['guidance']:g} | {b['median_s']:.2f} | {b['min_s']:.2f} | {result['ratio_to_first'][k]:.2f} |")
+    return "\n".join(lines) + "\n"

@@ -7,6 +7,9 @@ import pytest
 
 PROMPT = "a woman in a red shirt dancing in a snow field"
 WOMAN_IN_RED = 1_000_005  # an evaluation identity (never seen in base training): a woman in a solid red shirt
+# Three sampling seeds, judged by their median: one seed in about ten loses the scene on short prompts like this one
+# (either shipped base so far: e.g. "a man running on a beach", seed 0), so a single seed would test the draw.
+SEEDS = (0, 1, 2)
 
 
 @pytest.fixture(scope="module", params=["aa-tiny", "aa-tiny-lcm"])
@@ -28,26 +31,28 @@ def generated(request):
     target = render_clip(ClipSpec(identity_seed=WOMAN_IN_RED, scene="snow field", scene_seed=0, motion="wave",
                                   frames=16, fps=8.0, width=64, height=64, seed=0))
     poses = PoseSequence(target.keypoints, 64, 64, 8.0)
-    out = AnimatePipeline.from_base(base)(PROMPT, poses, num_frames=16, seed=0, pose_fit="frame",
-                                          retarget_poses=False, progress=False)
-    return Judge.load(), out.frames, target
+    pipe = AnimatePipeline.from_base(base)
+    videos = [pipe(PROMPT, poses, num_frames=16, seed=seed, pose_fit="frame", retarget_poses=False,
+                   progress=False).frames for seed in SEEDS]
+    return Judge.load(), videos, target
 
 
 def test_the_judge_finds_the_prompted_scene(generated):
     from aa_world.metrics import scene_accuracy
 
-    judge, frames, _ = generated
-    out = judge.predict(frames)
-    assert scene_accuracy(out, "snow field") >= 0.75  # chance: 1 / 9 scenes
+    judge, videos, _ = generated
+    scores = [scene_accuracy(judge.predict(frames), "snow field") for frames in videos]
+    assert np.median(scores) >= 0.75, scores  # chance: 1 / 9 scenes
 
 
 def test_the_person_follows_the_pose(generated):
     from aa_world.metrics import pose_iou
 
-    judge, frames, target = generated
-    out = judge.predict(frames)
-    iou = pose_iou(out, target.masks)
-    shifted = pose_iou(out, np.roll(target.masks, 20, axis=2))  # floor: the same silhouettes 20 px aside
+    judge, videos, target = generated
+    outs = [judge.predict(frames) for frames in videos]
+    iou = np.median([pose_iou(out, target.masks) for out in outs])
+    # floor: the same silhouettes 20 px aside
+    shifted = np.median([pose_iou(out, np.roll(target.masks, 20, axis=2)) for out in outs])
     assert iou >= 0.45 and iou >= 2 * shifted, (iou, shifted)
 
 

@@ -40,3 +40,25 @@ def test_ratios_and_the_bar_follow_the_rows():
     adapters["student 4 steps (lcm, guidance 1)"] = [{"id_accuracy": 0.5, "scene_accuracy": 1.0}] * 2
     again = summarise(rows, adapters, bases, {"teacher": "T", "student": "S"}, 3, people)["bar"]
     assert not again["met"] and again["rows"]["student 4 steps (lcm, guidance 2)"]["met"]  # the other row still does
+
+
+def test_paired_speed_takes_turns_and_reports_each_bundles_median(tiny_bundle, monkeypatch):
+    """Two bundles timed in turn: the order alternates clip by clip, each is run at its own defaults, and the medians
+    and ratio are those of the durations each clip took (a clock advanced by the run itself)."""
+    import benchmarks.steps as steps
+
+    took = {"fast": [0.5, 0.7, 0.6, 0.9], "slow": [2.0, 1.0, 3.0, 4.0]}
+    now, order = [0.0], []
+
+    def fake_run(pipe, prompt, clip, s, seed):
+        order.append(s.model)
+        now[0] += took[s.model][sum(m == s.model for m in order) - 2] if seed else 100.0  # warm-up: not counted
+
+    monkeypatch.setattr(steps, "_run", fake_run)
+    result = steps.paired_seconds({"fast": str(tiny_bundle), "slow": str(tiny_bundle)}, 4, clock=lambda: now[0])
+    assert order == ["fast", "slow", "fast", "slow", "slow", "fast", "fast", "slow", "slow", "fast"]
+    fast, slow = result["bundles"]["fast"], result["bundles"]["slow"]
+    assert fast["seconds"] == pytest.approx(took["fast"]) and slow["seconds"] == pytest.approx(took["slow"])
+    assert fast["median_s"] == pytest.approx(0.65) and slow["median_s"] == pytest.approx(2.5)
+    assert result["ratio_to_first"]["slow"] == pytest.approx(2.5 / 0.65) and slow["min_s"] == pytest.approx(1.0)
+    assert fast["sampler"]["steps"] > 0 and "| fast (" in steps.paired_markdown(result)
