@@ -205,16 +205,18 @@ class StageModule(torch.nn.Module):
 
 
 class Progress:
-    """Step count and loss history, checkpointed with accelerate's state (register_for_checkpointing)."""
+    """Step count, loss history and the training seconds that reached a checkpoint (over every resumed part),
+    checkpointed with accelerate's state (register_for_checkpointing)."""
 
     def __init__(self):
-        self.step, self.losses, self.extra = 0, [], {}
+        self.step, self.losses, self.extra, self.seconds = 0, [], {}, 0.0
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "losses": self.losses, "extra": self.extra}
+        return {"step": self.step, "losses": self.losses, "extra": self.extra, "seconds": self.seconds}
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.losses, self.extra = state["step"], list(state["losses"]), dict(state["extra"])
+        self.seconds = float(state.get("seconds", 0.0))  # checkpoints written before it was kept: unknown, 0
 
 
 class StageRunner:
@@ -283,7 +285,7 @@ class StageRunner:
         of them per step); `evaluate()` → str at each checkpoint, `preview(step)` every `sample_every` steps,
         `after_step()` after each optimizer step (e.g. a target network's EMA update)."""
         acc, accum = self.acc, self.cfg.gradient_accumulation
-        t0, start = time.time(), self.step
+        t0, start, before = time.time(), self.step, self.progress.seconds
         while self.step < self.steps:
             for micro in range(accum):
                 with acc.accumulate(self.model):
@@ -312,6 +314,7 @@ class StageRunner:
                          f"{self.stage}/samples_per_s": rate * self.batch * accum * acc.num_processes,
                          **{f"{self.stage}/{k}": v for k, v in extra.items()}}, step=self.step)
             if self.step % self.cfg.checkpoint_every == 0 or self.step == self.steps:
+                self.progress.seconds = before + time.time() - t0
                 self.save()
                 if evaluate is not None and acc.is_main_process:
                     self.log(f"[{self.stage}] step {self.step}: {evaluate()}")
@@ -326,6 +329,8 @@ class StageRunner:
                    "seconds": round(seconds, 1), "processes": acc.num_processes,
                    "samples_per_s": round((self.step - start) * self.batch * accum * acc.num_processes
                                           / max(seconds, 1e-6), 2)}
+        if start:  # resumed: `seconds` and the rate are this part's; the whole run's, as far as checkpoints saw it
+            summary |= {"resumed_at": start, "total_seconds": round(before + seconds, 1)}
         if acc.device.type == "cuda":
             summary["peak_memory_gb"] = round(torch.cuda.max_memory_allocated(acc.device) / 2**30, 2)
         return summary

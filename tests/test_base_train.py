@@ -247,6 +247,11 @@ def test_resume_from_saved_state_continues_the_run(tmp_path, tiny_bundle, monkey
     seen = []
     base_mod.train_base(cfg("stopped"), log=seen.append)
     assert any("resumed at step 2/4" in m for m in seen), seen
+    last = torch.load(tmp_path / "stopped" / "image-state" / "custom_checkpoint_1.pkl", weights_only=False)
+    summary = json.loads((tmp_path / "stopped-out" / "aa_bundle.json").read_text())["provenance"]["stages"]["image"]
+    # the whole run's seconds: the first part's (from its checkpoint) and this part's
+    assert summary["resumed_at"] == 2 and summary["total_seconds"] > summary["seconds"] > 0
+    assert summary["total_seconds"] - summary["seconds"] < last["seconds"] <= summary["total_seconds"]
     straight, resumed = losses("straight"), losses("stopped")
     assert len(at_stop) == 2 and resumed[:2] == at_stop == straight[:2]
     np.testing.assert_allclose(resumed[2:], straight[2:], rtol=1e-5)

@@ -170,3 +170,22 @@ def quality_verb(motion: str) -> str:
     from aa_world.captions import MOTION_VERBS
 
     return MOTION_VERBS[motion]
+
+
+def test_base_report_scores_short_prompts_on_the_same_clips(quality, tiny_bundle, tmp_path, monkeypatch):
+    """The base report also generates each clip from its class caption alone (what a user types) and reports that
+    row's scene, pose and flicker, and how many of its clips lost their scene, from the per-clip rows."""
+    from aa_world.captions import class_caption
+
+    scn = quality.BaseScenario(clips=2, frames=4, steps=2)
+    result = quality.run_base(scn, str(tiny_bundle))
+    clips = quality.base_clips(scn, 64)
+    assert [r["caption"] for r in result["short_rows"]] == [
+        class_caption(c.identity.class_word, c.spec.motion, c.spec.scene, c.spec.objects) for c in clips]
+    scenes = [r["scene_accuracy"] for r in result["short_rows"]]
+    assert result["short_prompt"]["scene_accuracy"]["mean"] == pytest.approx(np.mean(scenes))
+    assert result["short_prompt"]["scenes_lost"] == sum(s < 0.5 for s in scenes)
+    assert all(len(r["caption"]) < len(f["caption"]) for r, f in zip(result["short_rows"], result["rows"]))
+    monkeypatch.setattr(quality, "RESULTS", tmp_path)
+    _, md = quality.write_reports("base", result)
+    assert f"| clips whose scene is lost (scene < 0.5) | {result['short_prompt']['scenes_lost']} of 2 |" in md.read_text()
