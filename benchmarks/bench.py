@@ -20,7 +20,8 @@ def _csv(value: str | None) -> tuple[str, ...]:
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 def main():
     """Benchmarks: `throughput` (UNet per backend), `memory` (one identity-training step), `swap` (another identity
-    on one ONNX export), `steps` (quality against UNet calls: teacher and few-step student)."""
+    on one ONNX export), `steps` (quality against UNet calls: teacher and few-step student), `paired-speed` (bundles
+    timed in turn in one process)."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch's OpenMP starts: before any torch import
     quiet_libraries()
 
@@ -184,7 +185,8 @@ def paired_speed_cmd(bundles, clips, threads, name, out_dir):
             fail(AAError("bundle name", label, "give each bundle its own name: NAME=PATH"))
         named[label] = path
     if len(named) < 2 or clips < 1 or threads < 1:
-        fail(AAError("bundles/--clips/--threads", f"{len(named)}/{clips}/{threads}", "use ≥ 2 bundles, ≥ 1 and ≥ 1"))
+        fail(AAError("bundles/--clips/--threads", f"{len(named)}/{clips}/{threads}",
+                     "use ≥ 2 bundles, ≥ 1 and ≥ 1"))
     torch.set_num_threads(threads)
     result = paired_seconds(named, clips)
     write_report(out_dir or RESULTS_DIR, name, result, paired_markdown(result))

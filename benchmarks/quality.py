@@ -626,7 +626,8 @@ def write_reports(name: str, result: dict, stem: str | None = None) -> tuple[Pat
                       "dancing in a snow field'), as a user types them:", "",
                       "| metric | generated (mean ± sd) |", "|---|---|"]
             lines += [f"| {k} | {_fmt(sp[k])} |" for k in ("scene_accuracy", "pose_iou", "temporal_flicker")]
-            lines.append(f"| clips whose scene is lost (scene < 0.5) | {sp['scenes_lost']} of {len(result['short_rows'])} |")
+            lost = f"{sp['scenes_lost']} of {len(result['short_rows'])}"
+            lines.append(f"| clips whose scene is lost (scene < 0.5) | {lost} |")
     else:
         lines += _metric_lines(result["summary"])
         lines += ["", "Train seconds per identity: " + ", ".join(f"{k} {v:.0f}" for k, v in result["train_seconds"].items()),

@@ -63,9 +63,10 @@ def _run(pipe, prompt: str, clip, s: Sampler, seed: int):
 
 def train_adapters(teacher_path: str, identities: int, work: Path, log) -> list[dict]:
     """The identity report's first `identities` identities, each an adapter trained on the teacher with RECIPE
-    (reused from `work` when one trained on this teacher with the same settings is there). Returns [{seed, ref_scene, class_word, adapter, targets}]."""
-    from aa_train.identity import IdentityTrainConfig, train_identity
+    (reused from `work` when one trained on this teacher with the same settings is there).
+    Returns [{seed, ref_scene, class_word, adapter, targets}]."""
     from aa_runtime.model import load_base
+    from aa_train.identity import IdentityTrainConfig, train_identity
     from aa_world.clips import write_clip
 
     fingerprint = load_base(teacher_path).fingerprint
@@ -248,7 +249,7 @@ def paired_seconds(bundles: dict[str, str], clips: int, clock=time.perf_counter)
     bases = {k: load_base(p) for k, p in bundles.items()}
     pipes = {k: AnimatePipeline.from_base(b) for k, b in bases.items()}
     samplers = {k: Sampler(k, b.defaults.steps, b.defaults.scheduler, b.defaults.guidance) for k, b in bases.items()}
-    report_clips = base_clips(BaseScenario(clips=clips + 1), 64)
+    report_clips = base_clips(BaseScenario(clips=clips + 1), next(iter(bases.values())).defaults.width)
     prompts = [full_caption(c.identity, c.spec.motion, c.spec.scene, c.spec.objects) for c in report_clips]
     for k in bundles:  # warm-up
         _run(pipes[k], prompts[0], report_clips[0], samplers[k], 0)
@@ -275,9 +276,11 @@ def paired_markdown(result: dict) -> str:
              f"{m['clips']} clips of the base quality report (16 frames, 64 px), each bundle at its own sampling "
              "defaults, the bundles taking turns clip by clip in one process (order reversed every other clip), "
              "after a warm-up clip each; prompt to frames.", "",
-             "| bundle | fingerprint | sampler | clip s (median) | fastest | ratio to the first |", "|---|---|---|---|---|---|"]
+             "| bundle | fingerprint | sampler | clip s (median) | fastest | ratio to the first |",
+             "|---|---|---|---|---|---|"]
     for k, b in result["bundles"].items():
         s = b["sampler"]
         lines.append(f"| {k} (`{b['path']}`) | {b['fingerprint']} | {s['steps']} {s['scheduler']} steps, guidance "
-                     f"{s['guidance']:g} | {b['median_s']:.2f} | {b['min_s']:.2f} | {result['ratio_to_first'][k]:.2f} |")
+                     f"{s['guidance']:g} | {b['median_s']:.2f} | {b['min_s']:.2f} | "
+                     f"{result['ratio_to_first'][k]:.2f} |")
     return "\n".join(lines) + "\n"
