@@ -410,36 +410,36 @@ class ScoreStore:
         os.replace(tmp, self.path)
 
 
-def adapter_trained_as(cfg, fingerprint: str) -> bool:
-    """Whether `cfg.output` exists and was trained on the base `fingerprint` with exactly `cfg`'s settings (the
-    adapter's metadata records them), so it can be used instead of training again."""
+def reusable_adapter(cfg, fingerprint: str):
+    """The adapter at `cfg.output` (loaded) when it exists and was trained on the base `fingerprint` with exactly
+    `cfg`'s settings (the adapter's metadata records them), so it can be used instead of training again; else None."""
     from aa_runtime.adapters import load_adapter
     from aa_train.identity import training_settings
 
     if not cfg.output.exists():
-        return False
+        return None
     try:
         adapter = load_adapter(cfg.output)
     except Exception as e:  # a file cut off when its run was stopped: train it again  # noqa: BLE001
         print(f"{cfg.output}: not reused ({e})", file=sys.stderr)
-        return False
+        return None
     trained = dict(adapter.meta.get("training", {}).get("settings") or {})
     wanted = json.loads(json.dumps(training_settings(cfg)))
     for settings in (trained, wanted):  # the base is compared by its fingerprint, wherever its folder is
         settings.pop("base", None)
-    return adapter.base_fingerprint == fingerprint and wanted == trained
+    return adapter if adapter.base_fingerprint == fingerprint and wanted == trained else None
 
 
 def _trained_adapter(cfg, base_path: str | None, fingerprint: str):
-    """A pipeline with `cfg.output` merged when adapter_trained_as(cfg, fingerprint); else None."""
-    from aa_runtime.adapters import load_adapter
+    """A pipeline with `cfg.output` merged when reusable_adapter(cfg, fingerprint) finds it; else None."""
     from aa_runtime.model import load_base
     from aa_runtime.pipeline import AnimatePipeline
 
-    if not adapter_trained_as(cfg, fingerprint):
+    adapter = reusable_adapter(cfg, fingerprint)
+    if adapter is None:
         return None
     pipe = AnimatePipeline.from_base(load_base(base_path))
-    pipe.set_identity(load_adapter(cfg.output))
+    pipe.set_identity(adapter)
     return pipe
 
 

@@ -23,7 +23,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.quality import (BaseScenario, IdentityScenario, _attributes, adapter_trained_as,  # noqa: E402
+from benchmarks.quality import (BaseScenario, IdentityScenario, _attributes, reusable_adapter,  # noqa: E402
                                 base_clips, identity_picks, reference_clip, target_clips, variant_settings)
 from benchmarks.report import write_report  # noqa: E402
 
@@ -81,7 +81,7 @@ def train_adapters(teacher_path: str, identities: int, work: Path, log) -> list[
         cfg = IdentityTrainConfig(video=folder / "ref.mp4", name="me", class_word=cls, base=teacher_path,
                                   output=adapter, cache_dir=work / "cache", preview=False,
                                   **variant_settings(scn, RECIPE, cls, ref_scene))
-        if not adapter_trained_as(cfg, fingerprint):  # none yet, or another teacher's or other settings
+        if reusable_adapter(cfg, fingerprint) is None:  # none yet, or another teacher's or other settings
             train_identity(cfg, log=lambda m: log(f"[id{k}] {m}"))
         targets = target_clips(scn, seed, 64)
         out.append({"seed": seed, "ref_scene": ref_scene, "class_word": cls, "adapter": adapter, "targets": targets})
@@ -265,7 +265,8 @@ def paired_seconds(bundles: dict[str, str], clips: int, clock=time.perf_counter)
            for k in bundles}
     return {"meta": {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": platform.machine(),
                      "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-                     "clips": clips},
+                     "clips": clips, "frames": len(report_clips[0].frames),
+                     "size": int(report_clips[0].frames.shape[2])},
             "bundles": out, "ratio_to_first": {k: v["median_s"] / first for k, v in out.items()}}
 
 
@@ -273,9 +274,9 @@ def paired_markdown(result: dict) -> str:
     m = result["meta"]
     lines = ["# Clip seconds, bundles timed in turn", "",
              f"{m['date']}, {m['machine']}, {m['cpus']} CPUs, {m['threads']} torch threads, torch {m['torch']}. "
-             f"{m['clips']} clips of the base quality report (16 frames, 64 px), each bundle at its own sampling "
-             "defaults, the bundles taking turns clip by clip in one process (order reversed every other clip), "
-             "after a warm-up clip each; prompt to frames.", "",
+             f"{m['clips']} clips of the base quality report ({m['frames']} frames, {m['size']} px), each bundle at its "
+             "own sampling defaults, the bundles taking turns clip by clip in one process (order reversed every other "
+             "clip), after a warm-up clip each; prompt to frames.", "",
              "| bundle | fingerprint | sampler | clip s (median) | fastest | ratio to the first |",
              "|---|---|---|---|---|---|"]
     for k, b in result["bundles"].items():
