@@ -51,6 +51,10 @@ class SampleDefaults:
     window: int = 16
     overlap: int = 4
     noise_correlation: float = 0.0  # share of the initial noise common to all frames (0 = independent)
+    # spatial frequencies of the initial noise, within this many cycles per latent frame, common to all frames
+    # (0 = each channel's mean; < 0 = off): `aa_runtime.pipeline.frame_correlated_noise`
+    noise_shared_frequency: float = -1.0
+    noise_progressive: float = 0.0  # correlation of each frame's initial noise with the previous frame's (0 = off)
 
     def __post_init__(self):
         def number(v):
@@ -65,6 +69,11 @@ class SampleDefaults:
                 raise AAError(f"sample default {name}", short_repr(getattr(self, name)), "use a positive number")
         if not (number(self.noise_correlation) and 0 <= self.noise_correlation < 1):
             raise AAError("sample default noise_correlation", short_repr(self.noise_correlation), "use 0 ≤ ρ < 1")
+        if not number(self.noise_shared_frequency):
+            raise AAError("sample default noise_shared_frequency", short_repr(self.noise_shared_frequency),
+                          "use a number: r ≥ 0 cycles per latent frame, −1 = off")
+        if not (number(self.noise_progressive) and 0 <= self.noise_progressive < 1):
+            raise AAError("sample default noise_progressive", short_repr(self.noise_progressive), "use 0 ≤ c < 1")
         if self.scheduler not in SCHEDULERS:
             raise AAError("sample default scheduler", short_repr(self.scheduler), f"use one of {', '.join(SCHEDULERS)}")
 

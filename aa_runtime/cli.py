@@ -45,6 +45,13 @@ from .schedulers import SCHEDULERS
 @click.option("--seed", type=int, default=0, show_default=True, help="Noise seed (same seed → same video on CPU).")
 @click.option("--noise-correlation", type=float, default=None,
               help="Share of the initial noise common to all frames, 0 ≤ ρ < 1 [default: the base's].")
+@click.option("--noise-shared-frequency", type=float, default=None,
+              help="Spatial frequencies of the initial noise within R cycles per latent frame are common to all "
+                   "frames (0: the mean only; each frame's noise stays white): a steadier background; −1 = off "
+                   "[default: the base's].")
+@click.option("--noise-progressive", type=float, default=None,
+              help="Correlation c of each frame's initial noise with the previous frame's (progressive noise): a "
+                   "steadier background that still leaves the scene to the text; 0 = off [default: the base's].")
 @click.option("--window", type=int, default=None, help="Frames per denoising window [default: 16].")
 @click.option("--overlap", type=int, default=None, help="Frames shared by neighbouring windows [default: 4].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -59,7 +66,7 @@ from .schedulers import SCHEDULERS
               help="Output mp4; OUT.gif, OUT.preview.mp4 and OUT.json are written beside it.")
 def main(prompt, negative_prompt, base, motion_module, adapter, adapter_scale, loras, force, no_describe, no_retarget,
          pose, pose_backend, motion, pose_fit, frames, fps, height, width, steps, guidance, scheduler, seed,
-         noise_correlation, window, overlap, device, dtype, backend, onnx, no_gif, output):
+         noise_correlation, noise_shared_frequency, noise_progressive, window, overlap, device, dtype, backend, onnx, no_gif, output):
     """Generate a video of PROMPT, moving as the --pose video or the built-in --motion says."""
     quiet_libraries()
     try:
@@ -68,6 +75,7 @@ def main(prompt, negative_prompt, base, motion_module, adapter, adapter_scale, l
                         negative_prompt=negative_prompt, pose=pose, pose_backend=pose_backend, motion=motion,
                         pose_fit=pose_fit, frames=frames, fps=fps, height=height, width=width, steps=steps,
                         guidance=guidance, scheduler=scheduler, seed=seed, noise_correlation=noise_correlation,
+                        noise_shared_frequency=noise_shared_frequency, noise_progressive=noise_progressive,
                         window=window, overlap=overlap, device=device, dtype=dtype, backend=backend, onnx=onnx,
                         gif=not no_gif, progress=sys.stderr.isatty() or not os.environ.get("CI"))
         written = run(cfg)

@@ -39,6 +39,8 @@ class RunConfig:
     scheduler: str | None = None
     seed: int = 0
     noise_correlation: float | None = None
+    noise_shared_frequency: float | None = None
+    noise_progressive: float | None = None
     window: int | None = None
     overlap: int | None = None
     device: str = "auto"
@@ -121,7 +123,8 @@ def run(cfg: RunConfig, warn=lambda message: print(message, file=sys.stderr), ba
                height=height, width=width, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance,
                scheduler=cfg.scheduler, seed=cfg.seed, window=cfg.window, overlap=cfg.overlap,
                pose_fit=cfg.pose_fit, retarget_poses=cfg.retarget, progress=cfg.progress,
-               noise_correlation=cfg.noise_correlation)
+               noise_correlation=cfg.noise_correlation, noise_shared_frequency=cfg.noise_shared_frequency,
+               noise_progressive=cfg.noise_progressive)
 
     stem = cfg.output.with_suffix("")
     written = {"video": write_video(cfg.output, out.frames, fps)}
@@ -135,6 +138,9 @@ def run(cfg: RunConfig, warn=lambda message: print(message, file=sys.stderr), ba
         "guidance": d.guidance if cfg.guidance is None else cfg.guidance,
         "frames": int(out.frames.shape[0]), "fps": fps, "width": width, "height": height,
         "noise_correlation": d.noise_correlation if cfg.noise_correlation is None else cfg.noise_correlation,
+        "noise_shared_frequency": (d.noise_shared_frequency if cfg.noise_shared_frequency is None
+                                   else cfg.noise_shared_frequency),
+        "noise_progressive": d.noise_progressive if cfg.noise_progressive is None else cfg.noise_progressive,
         # the windows the sampler ran (a --window longer than the clip runs as one window of the clip's length)
         "window": out.window, "overlap": out.overlap, "windows": [list(w) for w in out.windows],
         "pose_source": cfg.pose or f"motion:{cfg.motion}", "pose_fit": cfg.pose_fit,

@@ -39,24 +39,69 @@ def prompt_ids(tokenizer, prompt: str) -> torch.Tensor:
                      return_tensors="pt").input_ids
 
 
-def initial_noise(shape: tuple[int, ...], seed: int, correlation: float = 0.0) -> torch.Tensor:
+def initial_noise(shape: tuple[int, ...], seed: int, correlation: float = 0.0, shared_frequency: float = -1.0,
+                  progressive: float = 0.0) -> torch.Tensor:
     """Unit-variance Gaussian noise float (B, C, F, h, w) from a CPU generator (a seed gives the same video on any
-    device). With correlation ρ > 0 each frame mixes √ρ of one noise shared by all frames with √(1-ρ) of its own
-    (the mixed noise prior of PYoCo, Ge et al. 2023): frames start alike, so backgrounds flicker less.
-    ρ = 0 is plain independent noise, bit-identical to `torch.randn(shape)` with that seed."""
+    device), its frames tied as `frame_correlated_noise` says. ρ = 0, r < 0 and c = 0 is plain independent noise,
+    bit-identical to `torch.randn(shape)` with that seed."""
     generator = torch.Generator("cpu").manual_seed(seed)
-    return frame_correlated_noise(shape, generator, correlation)
+    return frame_correlated_noise(shape, generator, correlation, shared_frequency, progressive)
 
 
-def frame_correlated_noise(shape: tuple[int, ...], generator: torch.Generator, correlation: float) -> torch.Tensor:
-    """Unit-variance noise float (B, C, F, h, w): √ρ of one draw shared by the F frames + √(1-ρ) of each frame's own
-    (the same mixture in training, `aa-train base --noise-correlation`, and sampling). The independent draw comes
-    first, so ρ = 0 is exactly `torch.randn(shape, generator=generator)`."""
+def low_frequency_mask(h: int, w: int, radius: float) -> torch.Tensor:
+    """float (h, w) in FFT order: 1 where a 2-D spatial frequency lies within `radius` cycles per frame (0: the mean
+    only), else 0; symmetric under f → −f, so it keeps real signals real."""
+    fy = torch.fft.fftfreq(h)[:, None] * h
+    fx = torch.fft.fftfreq(w)[None] * w
+    return ((fy ** 2 + fx ** 2).sqrt() <= radius + 1e-6).float()
+
+
+def frame_correlated_noise(shape: tuple[int, ...], generator: torch.Generator, correlation: float,
+                           shared_frequency: float = -1.0, progressive: float = 0.0) -> torch.Tensor:
+    """Unit-variance noise float (B, C, F, h, w) whose frames are tied, each way optional: correlation ρ mixes √ρ of
+    one draw shared by the F frames with √(1-ρ) of each frame's own (PYoCo's mixed noise prior, Ge et al. 2023; the
+    same mixture in training, `aa-train base --noise-correlation`, and sampling); progressive c and shared
+    frequency r as `tie_frames` says. The independent draw comes first, so ρ = 0, c = 0, r < 0 is exactly
+    `torch.randn(shape, generator=generator)`."""
     noise = torch.randn(shape, generator=generator, dtype=torch.float32)
     if correlation > 0:
         shared = torch.randn((*shape[:2], 1, *shape[3:]), generator=generator, dtype=torch.float32)  # (B, C, 1, h, w)
         noise = correlation ** 0.5 * shared + (1 - correlation) ** 0.5 * noise
+    return tie_frames(noise, generator, shared_frequency, progressive)
+
+
+def tie_frames(noise: torch.Tensor, generator: torch.Generator, shared_frequency: float = -1.0,
+               progressive: float = 0.0) -> torch.Tensor:
+    """Noise (B, C, F, h, w) with unit-variance frames → the same with its frames tied, every frame still exactly
+    white unit-variance Gaussian (what the UNet was trained on, frame by frame):
+
+    - progressive c > 0: each frame is c × the previous one + √(1−c²) × its own (PYoCo's progressive noise prior,
+      Ge et al. 2023): neighbouring frames correlate by c, frames k apart by cᵏ, so frame-to-frame change shrinks
+      while the clip as a whole is not pinned to one draw (a draw shared by all frames steadies as much, but its
+      low frequencies then override the scene the text asks for: benchmarks/results/README.md);
+    - shared frequency r ≥ 0: the spatial frequencies within r cycles per latent frame (r = 0: each channel's mean)
+      are replaced by those of one draw common to all frames. A frequency band of white noise is independent of the
+      rest, so frames stay white; the mean is what a sampler that starts short of zero signal-to-noise carries into
+      the image (Lin et al., WACV 2024), so with it shared the background's brightness and colour stop drifting."""
+    if progressive > 0:
+        tied = noise.clone()
+        for f in range(1, noise.shape[2]):
+            tied[:, :, f] = progressive * tied[:, :, f - 1] + (1 - progressive ** 2) ** 0.5 * noise[:, :, f]
+        noise = tied
+    if shared_frequency >= 0:
+        common = torch.randn((*noise.shape[:2], 1, *noise.shape[3:]), generator=generator, dtype=torch.float32)
+        low = low_frequency_mask(noise.shape[-2], noise.shape[-1], shared_frequency).to(noise.device)
+        noise = noise + torch.fft.ifft2(low * (torch.fft.fft2(common.to(noise.device)) - torch.fft.fft2(noise))).real
     return noise
+
+
+def tied_renoise(sample: torch.Tensor, denoised: torch.Tensor, alpha_prod: torch.Tensor, generator: torch.Generator,
+                 shared_frequency: float, progressive: float) -> torch.Tensor:
+    """LCM's multistep re-noising, sample = √ᾱ·denoised + √(1−ᾱ)·z with z fresh per frame, redone with z's frames
+    tied as the initial noise's are (`tie_frames`), so each step's noise is still LCM's own, frame by frame."""
+    sigma = (1 - alpha_prod) ** 0.5
+    z = (sample.float() - alpha_prod ** 0.5 * denoised.float()) / sigma
+    return alpha_prod ** 0.5 * denoised.float() + sigma * tie_frames(z, generator, shared_frequency, progressive)
 
 
 def context_windows(frames: int, window: int, overlap: int) -> list[tuple[int, int]]:
@@ -252,7 +297,8 @@ class AnimatePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
                  guidance_scale: float | None = None, scheduler: str | None = None, seed: int = 0,
                  window: int | None = None, overlap: int | None = None, pose_fit: str = "person",
                  retarget_poses: bool = True, decode_chunk_size: int = 8, progress: bool = True,
-                 noise_correlation: float | None = None) -> AnimateOutput:
+                 noise_correlation: float | None = None,
+                 noise_shared_frequency: float | None = None, noise_progressive: float | None = None) -> AnimateOutput:
         # None means "the default"; any value given is checked as given (0 frames, 0 steps, an overlap as long as the
         # window are refused, not replaced)
         d = self.defaults
@@ -266,10 +312,16 @@ class AnimatePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         window = min(d.window, int(self.unet.config.motion_max_seq_length)) if window is None else window
         overlap = min(d.overlap, window - 1) if overlap is None else overlap  # the default overlap fits any window
         rho = d.noise_correlation if noise_correlation is None else noise_correlation
+        shared = d.noise_shared_frequency if noise_shared_frequency is None else noise_shared_frequency
+        progressive = d.noise_progressive if noise_progressive is None else noise_progressive
         self.check_inputs(prompt, poses, num_frames, fps, height, width, steps, guidance, scheduler_name, window,
                           overlap)
         if not 0 <= rho < 1:
             raise AAError("noise correlation", rho, "use 0 ≤ ρ < 1 (0 = independent noise per frame)")
+        if not (isinstance(shared, (int, float)) and math.isfinite(shared)):
+            raise AAError("noise shared frequency", shared, "use a number: r ≥ 0 cycles per latent frame, −1 = off")
+        if not (isinstance(progressive, (int, float)) and 0 <= progressive < 1):
+            raise AAError("noise progressive", progressive, "use 0 ≤ c < 1 (0 = off)")
         device, dtype = self.unet.device, self.unet.dtype
         timings, t0 = {}, time.perf_counter()
 
@@ -290,17 +342,24 @@ class AnimatePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         sched.set_timesteps(steps, device=device)
         c = int(self.unet.config.out_channels)
         shape = (1, c, num_frames, height // self.vae_scale, width // self.vae_scale)
-        latents = initial_noise(shape, seed, rho).to(device, dtype) * sched.init_noise_sigma
+        latents = initial_noise(shape, seed, rho, shared, progressive).to(device, dtype) * sched.init_noise_sigma
 
         # 4. denoise over overlapping windows
         t2 = time.perf_counter()
         windows = context_windows(num_frames, window, overlap)
         # the consistency schedulers add fresh noise between steps: from a CPU generator of their own, seeded
         step_kw = {"generator": torch.Generator("cpu").manual_seed(seed + 1)} if scheduler_name in CONSISTENCY else {}
+        # LCM re-noises between steps: those noises get their frames tied as the first one's are
+        tied = scheduler_name == "lcm" and (shared >= 0 or progressive > 0)
+        renoise = torch.Generator("cpu").manual_seed(seed + 2) if tied else None
         for t in self.progress_bar(sched.timesteps) if progress else sched.timesteps:
             x = sched.scale_model_input(latents, t)
             eps = self.predict_noise(x, pose_latents, t, text, uncond, guidance, windows)
-            latents = sched.step(eps, t, latents, return_dict=False, **step_kw)[0]
+            stepped = sched.step(eps, t, latents, return_dict=False, **step_kw)
+            latents = stepped[0]
+            if renoise is not None and sched.step_index < len(sched.timesteps):  # re-noised towards the next step
+                alpha = sched.alphas_cumprod[sched.timesteps[sched.step_index]].to(device, torch.float32)
+                latents = tied_renoise(latents, stepped[1], alpha, renoise, shared, progressive).to(dtype)
         timings["denoise_s"] = time.perf_counter() - t2
         timings["unet_evals"] = steps * len(windows) * (2 if guidance > 1 else 1)
 

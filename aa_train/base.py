@@ -34,6 +34,7 @@ from aa_runtime.errors import AAError
 from aa_runtime.model import load_base
 from aa_runtime.pipeline import frame_correlated_noise, to_unit as pipeline_to_unit
 from aa_runtime.tiny import TinyConfig, build_random_base
+from aa_world.captions import class_caption_of
 
 from .grounding import grounding_losses, reset_grounding_attention, set_grounding_attention, token_regions
 from .losses import latent_masks
@@ -71,6 +72,10 @@ class BaseTrainConfig:
     grounding_pixel_weight: float = 0.0  # image stage: weight of the pixel grounding loss
     grounding_pixel_regions: Literal["all", "person"] = "all"  # pixels the pixel loss counts (person: not the scene)
     caption_dropout: float = 0.1  # empty captions, for classifier-free guidance
+    # share of the world's full captions replaced by their class caption alone ('a woman dancing in a snow field',
+    # what a user types), so the scene and motion words must carry without the appearance's; image stage: those
+    # captions ground nothing, as dropped ones. Captions not of the world's form are kept whole
+    short_captions: float = 0.0
     # video stage: share ρ of each clip's training noise common to all its frames (PYoCo's mixed noise prior, Ge et
     # al. 2023); the bundle then samples with the same ρ by default. 0 = independent noise per frame
     noise_correlation: float = 0.0
@@ -106,6 +111,8 @@ class BaseTrainConfig:
                 raise AAError(name.replace("_", "-"), getattr(self, name), "use a non-negative number")
         if not self.denoise_person_weight >= 1:
             raise AAError("denoise-person-weight", self.denoise_person_weight, "use a weight ≥ 1 (1 = plain MSE)")
+        if not 0 <= self.short_captions <= 1:
+            raise AAError("short-captions", self.short_captions, "use a share in [0, 1] (0 = full captions only)")
         for name in ("grounding_token_weight", "grounding_pixel_weight"):
             if not getattr(self, name) >= 0:
                 raise AAError(name.replace("_", "-"), getattr(self, name), "use a weight ≥ 0 (0 = off)")
@@ -496,6 +503,7 @@ class StageBatches(torch.utils.data.Dataset):
         self.cfg, self.stage, self.rank, self.data = cfg, stage, rank, data
         self.latents, self.pose_latents, self.person, self.token_bits = latents, pose_latents, person, token_bits
         self.timesteps, self.first, self.last = num_train_timesteps, first, last
+        self.short = [class_caption_of(c) for c in data.clips.captions] if cfg.short_captions > 0 else None
 
     def __len__(self) -> int:
         return max(0, self.last - self.first)
@@ -522,10 +530,16 @@ class StageBatches(torch.utils.data.Dataset):
         g = torch.Generator().manual_seed(int(rng.integers(2**31)))
         noise = frame_correlated_noise(z.shape, g, cfg.noise_correlation if self.stage == "video" else 0.0)
         t = torch.from_numpy(rng.integers(0, self.timesteps, z.shape[0]))
-        batch = {"step": step, "z": z, "p": p, "w": w, "noise": noise, "t": t,
-                 "captions": ["" if d else clips.captions[k] for d, k in zip(dropped, ci)], "bits": None, "parts": None}
-        if self.token_bits is not None:  # grounding (image stage): a dropped caption grounds nothing
-            batch["bits"] = self.token_bits[ci] * torch.from_numpy(~dropped)[:, None]
+        captions = ["" if d else clips.captions[k] for d, k in zip(dropped, ci)]
+        whole = ~dropped
+        if self.short is not None:  # drawn last: a run without short captions replays the same batches as before
+            for j in np.flatnonzero((rng.random(len(ci)) < cfg.short_captions) & ~dropped):
+                if self.short[ci[j]] is not None:
+                    captions[j], whole[j] = self.short[ci[j]], False
+        batch = {"step": step, "z": z, "p": p, "w": w, "noise": noise, "t": t, "captions": captions, "bits": None,
+                 "parts": None}
+        if self.token_bits is not None:  # grounding (image stage): a dropped or shortened caption grounds nothing
+            batch["bits"] = self.token_bits[ci] * torch.from_numpy(whole)[:, None]
             batch["parts"] = torch.from_numpy(clips.parts[ci, fi])
         return batch
 

@@ -52,6 +52,9 @@ def main():
 @click.option("--sample-noise-correlation", type=float, default=None,
               help="The bundle's default sampling ρ, where it should differ from --noise-correlation (a larger one "
                    "steadies the background further) [the training ρ].")
+@click.option("--short-captions", default=0.0, show_default=True,
+              help="Share of the world's captions replaced by their class caption alone ('a woman dancing in a snow "
+                   "field'), so short prompts keep their scene (0 = full captions only).")
 @click.option("--mixed-precision", type=click.Choice(["no", "bf16", "fp16"]), default="no", show_default=True,
               help="accelerate's autocast around each step (bf16 on a GPU).")
 @click.option("--gradient-accumulation", default=1, show_default=True, help="Micro-batches per optimizer step.")
@@ -79,7 +82,7 @@ def main():
 def base_cmd(data, output, stages, work_dir, size, frames, vae_steps, image_steps, video_steps, vae_batch,
              image_batch, video_batch, lr, vae_lr, denoise_person_weight, grounding_token_weight,
              grounding_pixel_weight, grounding_pixel_regions, noise_correlation, sample_noise_correlation,
-             mixed_precision,
+             short_captions, mixed_precision,
              gradient_accumulation, report_to, gradient_checkpointing, sample_every, loader_workers, warmup, checkpoint_every, init,
              motion_module, train_text_encoder, seed, threads, resume):
     """Train a pose-conditioned base bundle (VAE, then image stage, then video stage)."""
@@ -94,7 +97,7 @@ def base_cmd(data, output, stages, work_dir, size, frames, vae_steps, image_step
                               grounding_token_weight=grounding_token_weight,
                               grounding_pixel_weight=grounding_pixel_weight,
                               grounding_pixel_regions=grounding_pixel_regions, noise_correlation=noise_correlation,
-                              sample_noise_correlation=sample_noise_correlation,
+                              sample_noise_correlation=sample_noise_correlation, short_captions=short_captions,
                               mixed_precision=mixed_precision,
                               gradient_accumulation=gradient_accumulation, report_to=report_to,
                               sample_every=sample_every, gradient_checkpointing=gradient_checkpointing,

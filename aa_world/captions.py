@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from aa_runtime.motions import MOTIONS
 
-from .identity import NONE, Identity
+from .identity import CLASS_WORDS, NONE, Identity
 from .objects import HELD_OBJECTS, ObjectSpec, check_objects
 from .scenes import SCENES
 
@@ -119,6 +119,19 @@ def full_caption_spans(identity: Identity, motion: str, scene: str, objects=()) 
             spans.append((at, at + len(text), region))
         at += len(text)
     return tuple(spans)
+
+
+def class_caption_of(caption: str) -> str | None:
+    """The class caption a `full_caption` implies: its class word, motion, scene and objects without the appearance
+    ('a woman with long brown hair, …, running in a desert' → 'a woman running in a desert'); None for any other text
+    (a user's or a captioner's caption)."""
+    words = caption.split(" ", 3)
+    class_word = next((w.rstrip(",") for w in words[1:3] if w.rstrip(",") in CLASS_WORDS), None) \
+        if words[0] == "a" else None
+    starts = [k for k in (caption.find(f", {verb} ") for verb in MOTION_VERBS.values()) if k >= 0]
+    if class_word is None or not starts:
+        return None
+    return f"a {class_word} {caption[min(starts) + 2:]}"
 
 
 def identity_caption(token: str, class_word: str, motion: str, scene: str, objects=()) -> str:

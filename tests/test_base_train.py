@@ -391,3 +391,55 @@ def test_video_noise_correlation_mixes_a_shared_frame_noise_and_becomes_the_bund
         replace(cfg(0.3), sample_noise_correlation=1.0)
     with pytest.raises(AAError, match="noise-correlation"):
         base_mod.BaseTrainConfig(output=tmp_path / "x", noise_correlation=1.0)
+
+
+def test_short_captions_replace_world_captions_by_their_class_caption(tmp_path, tiny_bundle):
+    """`--short-captions s`: about a share s of the world's captions become the class caption of the same clip (its
+    class word, motion, scene and objects, as `class_caption` writes them from the clip's spec), never a dropped
+    one; in the image stage those ground nothing. At 0 the batches are the ones drawn before the option existed."""
+    import aa_train.base as base_mod
+    from aa_train.data import load_training_data
+    from aa_world.captions import class_caption, class_caption_of, full_caption
+    from aa_world.clips import sample_clip_spec
+    from aa_world.identity import sample_identity
+
+    rng = np.random.default_rng(3)
+    for _ in range(200):  # the derivation against the world's own writer of both captions
+        s = sample_clip_spec(rng)
+        who = sample_identity(s.identity_seed)
+        assert class_caption_of(full_caption(who, s.motion, s.scene, s.objects)) == \
+            class_caption(who.class_word, s.motion, s.scene, s.objects)
+    assert class_caption_of("a photo of a person") is None and class_caption_of("a woman dancing on a beach") is None
+
+    def cfg(share):
+        return base_mod.BaseTrainConfig(output=tmp_path / "o", data="world:3", stages=("image",), work_dir=tmp_path / "w",
+                                        frames=2, image_batch=32, init=str(tiny_bundle), short_captions=share)
+
+    data = load_training_data(cfg(0).data, 64, 2, 8.0, tmp_path / "cache", log=lambda *_: None)
+    full, n = data.clips.captions, len(data.clips.captions)
+    lat, person = torch.zeros(n, 2, 4, 16, 16).half(), torch.zeros(n, 2, 16, 16, dtype=torch.uint8)
+    bits = torch.ones(n, 64, dtype=torch.bool)
+
+    def batches(share):
+        return [base_mod.StageBatches(cfg(share), "image", 0, data, lat, lat, person, bits, 1000, 0, 40)[i]
+                for i in range(40)]
+
+    plain, half = batches(0.0), batches(0.5)
+    shortened = whole = 0
+    for a, b in zip(plain, half):
+        for k in ("z", "noise", "t", "parts"):
+            assert torch.equal(a[k], b[k])
+        for j, (ca, cb) in enumerate(zip(a["captions"], b["captions"])):
+            assert ca in full or ca == ""
+            if ca == "":
+                assert cb == "" and not b["bits"][j].any()
+            elif cb == ca:
+                whole += 1
+                assert b["bits"][j].all()
+            else:
+                shortened += 1
+                assert cb == class_caption_of(ca) and not b["bits"][j].any()
+    assert abs(shortened / (shortened + whole) - 0.5) < 0.05  # ~1,150 captions
+    assert [b["captions"] for b in batches(1.0)][0] == [c and class_caption_of(c) for c in plain[0]["captions"]]
+    with pytest.raises(AAError, match="short-captions"):
+        cfg(1.5)

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from aa_runtime.bundle import SampleDefaults
 from aa_runtime.errors import AAError
 from aa_runtime.pipeline import context_windows
 from aa_runtime.poses import PoseSequence
@@ -199,6 +200,98 @@ def test_initial_noise_mixes_a_shared_frame_noise_with_unit_variance():
     assert abs(mixed.std().item() - 1.0) < 0.03  # and every frame is still unit-variance noise
     plain_corr = torch.corrcoef(plain[0].permute(1, 0, 2, 3).reshape(16, -1))[~torch.eye(16, dtype=bool)]
     assert plain_corr.abs().max() < 0.1
+
+
+def test_shared_low_frequencies_are_common_to_all_frames_and_each_frame_stays_white():
+    """`noise_shared_frequency` r: the spatial frequencies within r cycles per latent frame are the same in every
+    frame, every other frequency is the plain noise's own (checked with numpy's FFT), so each frame is still white
+    unit-variance noise; r < 0 is the plain noise, bit for bit."""
+    from aa_runtime.pipeline import initial_noise
+
+    shape = (8, 4, 6, 16, 16)  # (B, C, F, h, w)
+    plain = initial_noise(shape, seed=3)
+    assert torch.equal(initial_noise(shape, seed=3, shared_frequency=-1.0), plain)
+    dc = initial_noise(shape, seed=3, shared_frequency=0.0)
+    means = dc.mean((-2, -1))  # (B, C, F): each frame's mean, one per channel
+    assert torch.allclose(means, means[:, :, :1].expand_as(means), atol=1e-6)  # the same in every frame
+    assert torch.allclose(dc - means[..., None, None], plain - plain.mean((-2, -1), keepdim=True), atol=1e-5)
+    assert means[:, :, 0].std().item() == pytest.approx(1 / 16, rel=0.3)  # a white frame's mean: σ / √(h·w)
+
+    low = initial_noise(shape, seed=3, shared_frequency=1.5)
+    f_low, f_plain = np.fft.fft2(low.numpy()), np.fft.fft2(plain.numpy())
+    fy, fx = np.meshgrid(np.fft.fftfreq(16) * 16, np.fft.fftfreq(16) * 16, indexing="ij")
+    inside = np.hypot(fy, fx) <= 1.5  # the mean and its 8 neighbours
+    assert inside.sum() == 9
+    assert np.allclose(f_low[..., inside], f_low[:, :, :1][..., inside], atol=1e-3)  # common to the frames
+    assert np.allclose(f_low[..., ~inside], f_plain[..., ~inside], atol=1e-3)  # the rest is each frame's own
+    power = (np.abs(f_low) ** 2).mean((0, 1, 2)) / (16 * 16)  # per frequency, 1 for white unit-variance noise
+    assert power[inside].mean() == pytest.approx(1, rel=0.2) and power[~inside].mean() == pytest.approx(1, rel=0.05)
+    both = initial_noise(shape, seed=3, correlation=0.5, shared_frequency=0.0)  # with ρ: the rest mixes as before
+    assert abs(both.std().item() - 1) < 0.03
+    assert torch.allclose(both.mean((-2, -1)), both.mean((-2, -1))[:, :, :1].expand(8, 4, 6), atol=1e-6)
+
+
+def test_progressive_noise_ties_neighbouring_frames_and_each_frame_stays_unit_gaussian():
+    """`noise_progressive` c: frame f = c × frame f−1 + √(1−c²) × its own draw, so frames k apart correlate by cᵏ
+    and every frame is still unit-variance noise; with a shared frequency as well, the mean is then common."""
+    from aa_runtime.pipeline import initial_noise
+
+    shape = (4, 4, 8, 32, 32)
+    plain = initial_noise(shape, seed=5)
+    tied = initial_noise(shape, seed=5, progressive=0.6)
+    assert torch.equal(tied[:, :, 0], plain[:, :, 0])  # the recursion starts from the first frame's own draw
+    assert torch.allclose(tied[:, :, 3], 0.6 * tied[:, :, 2] + 0.8 * plain[:, :, 3], atol=1e-6)
+    frames = tied.permute(2, 0, 1, 3, 4).reshape(8, -1)  # (F, 16,384 values)
+    corr = torch.corrcoef(frames)
+    for k in (1, 2, 3):
+        lag = torch.diagonal(corr, offset=k)
+        assert abs(lag.mean().item() - 0.6 ** k) < 0.03, k
+    assert abs(frames.std(1) - 1).max() < 0.03
+    both = initial_noise(shape, seed=5, shared_frequency=0.0, progressive=0.6)
+    means = both.mean((-2, -1))
+    assert torch.allclose(means, means[:, :, :1].expand_as(means), atol=1e-6)
+    assert torch.allclose(both - means[..., None, None], tied - tied.mean((-2, -1), keepdim=True), atol=1e-5)
+
+
+def test_noise_shared_frequency_comes_from_the_bundle_and_bad_values_are_one_clear_error(pipe):
+    poses = PoseSequence(stick_figure(2), 64, 64, 8)
+    kw = dict(num_frames=2, num_inference_steps=1, progress=False)
+    assert pipe.defaults.noise_shared_frequency == -1.0 and pipe.defaults.noise_progressive == 0.0  # off by default
+    off = pipe("a man", poses, **kw).frames
+    assert np.array_equal(off, pipe("a man", poses, noise_shared_frequency=-1.0, **kw).frames)
+    assert not np.array_equal(off, pipe("a man", poses, noise_shared_frequency=0.0, **kw).frames)
+    with pytest.raises(AAError, match="noise shared frequency"):
+        pipe("a man", poses, noise_shared_frequency=float("nan"), **kw)
+    with pytest.raises(AAError, match="noise progressive"):
+        pipe("a man", poses, noise_progressive=1.0, **kw)
+    with pytest.raises(AAError, match="noise_shared_frequency"):
+        SampleDefaults(noise_shared_frequency="low")
+    with pytest.raises(AAError, match="noise_progressive"):
+        SampleDefaults(noise_progressive=-0.1)
+
+
+def test_lcm_renoising_ties_its_frames_as_the_initial_noise(pipe, poses):
+    """With a shared frequency, LCM's fresh noise between steps (x = √ᾱ·x̂₀ + √(1−ᾱ)·z) gets z's mean common to
+    all frames, the rest of z untouched; with progressive noise z's frames are chained as the initial noise's are; in the pipeline this is seeded like the rest (the same seed repeats the
+    video) and changes it."""
+    from aa_runtime.pipeline import tied_renoise
+
+    g = torch.Generator().manual_seed(0)
+    denoised, z = torch.randn(2, 4, 5, 8, 8, generator=g), torch.randn(2, 4, 5, 8, 8, generator=g)
+    alpha = torch.tensor(0.3)
+    out = tied_renoise(alpha.sqrt() * denoised + (1 - alpha).sqrt() * z, denoised, alpha, g, 0.0, 0.0)
+    z2 = (out - alpha.sqrt() * denoised) / (1 - alpha).sqrt()
+    means = z2.mean((-2, -1))
+    assert torch.allclose(means, means[:, :, :1].expand_as(means), atol=1e-5)
+    assert torch.allclose(z2 - means[..., None, None], z - z.mean((-2, -1), keepdim=True), atol=1e-5)
+    out = tied_renoise(alpha.sqrt() * denoised + (1 - alpha).sqrt() * z, denoised, alpha, g, -1.0, 0.6)
+    z3 = (out - alpha.sqrt() * denoised) / (1 - alpha).sqrt()  # progressive: frame 1 = 0.6 frame 0 + 0.8 its own
+    assert torch.allclose(z3[:, :, 1], 0.6 * z[:, :, 0] + 0.8 * z[:, :, 1], atol=1e-5)
+
+    kw = dict(scheduler="lcm", guidance_scale=1.0, seed=4, **FAST)
+    shared = pipe("a man", poses, noise_shared_frequency=0.0, **kw).frames
+    assert np.array_equal(shared, pipe("a man", poses, noise_shared_frequency=0.0, **kw).frames)
+    assert not np.array_equal(shared, pipe("a man", poses, noise_shared_frequency=-1.0, **kw).frames)
 
 
 def test_noise_correlation_out_of_range_is_one_clear_error(pipe):

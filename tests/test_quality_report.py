@@ -189,3 +189,27 @@ def test_base_report_scores_short_prompts_on_the_same_clips(quality, tiny_bundle
     monkeypatch.setattr(quality, "RESULTS", tmp_path)
     _, md = quality.write_reports("base", result)
     assert f"| clips whose scene is lost (scene < 0.5) | {result['short_prompt']['scenes_lost']} of 2 |" in md.read_text()
+
+
+def test_scenes_report_counts_lost_scenes_per_scene_from_short_prompts(quality, tiny_bundle, tmp_path, monkeypatch):
+    """The scenes report puts `per_scene` evaluation clips in every scene, generates each from its class caption
+    alone, and counts the clips whose scene the judge finds in fewer than half the frames, overall and per scene."""
+    from aa_world.captions import class_caption
+    from aa_world.identity import EVAL_IDENTITY_SEEDS
+    from aa_world.scenes import SCENES
+
+    scn = quality.ScenesScenario(per_scene=1, frames=4, steps=1)
+    clips = quality.scenes_clips(scn, 64)
+    assert [c.spec.scene for c in clips] == list(SCENES)
+    assert all(c.spec.identity_seed in EVAL_IDENTITY_SEEDS and not c.spec.objects for c in clips)
+    assert len({c.spec.identity_seed for c in clips}) == len(clips)  # each clip its own identity
+    result = quality.run_scenes(scn, str(tiny_bundle))
+    assert [r["caption"] for r in result["rows"]] == [
+        class_caption(c.identity.class_word, c.spec.motion, c.spec.scene) for c in clips]
+    scenes = [r["scene_accuracy"] for r in result["rows"]]
+    assert result["scenes_lost"] == sum(s < 0.5 for s in scenes)
+    assert result["summary"]["scene_accuracy"]["mean"] == pytest.approx(np.mean(scenes))
+    assert {k: v["scene_accuracy"] for k, v in result["per_scene"].items()} == dict(zip(SCENES, scenes))
+    monkeypatch.setattr(quality, "RESULTS", tmp_path)
+    _, md = quality.write_reports("scenes", result)
+    assert f"**Scenes lost: {result['scenes_lost']} of {len(SCENES)}**" in md.read_text()
