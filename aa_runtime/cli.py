@@ -51,7 +51,7 @@ from .schedulers import SCHEDULERS
                    "[default: the base's].")
 @click.option("--noise-progressive", type=float, default=None,
               help="Correlation c of each frame's initial noise with the previous frame's (progressive noise): a "
-                   "steadier background that still leaves the scene to the text; 0 = off [default: the base's].")
+                   "steadier background, but short prompts lose their scene more often; 0 = off [default: the base's].")
 @click.option("--window", type=int, default=None, help="Frames per denoising window [default: 16].")
 @click.option("--overlap", type=int, default=None, help="Frames shared by neighbouring windows [default: 4].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
