@@ -37,6 +37,24 @@ _OPTIONAL_MISSING = ("pos_embed.pe", "position_ids")
 _IGNORABLE_UNEXPECTED = ("position_ids",)
 
 
+# how the frames' initial noise may be tied (`aa_runtime.pipeline.frame_correlated_noise`): test, fix
+NOISE_RULES = {
+    "noise_correlation": (lambda v: 0 <= v < 1, "use 0 ≤ ρ < 1 (0 = independent noise per frame)"),
+    "noise_shared_frequency": (lambda v: True, "use a number: r ≥ 0 cycles per latent frame, −1 = off"),
+    "noise_progressive": (lambda v: 0 <= v < 1, "use 0 ≤ c < 1 (0 = off)"),
+    "free_init_progressive": (lambda v: v < 1, "use 0 ≤ c < 1, or −1 = as the first run's noise"),
+}
+
+
+def check_noise(manifest: bool = False, **values) -> None:
+    """One clear error for the first noise setting (`NOISE_RULES`) that is not a finite number in its range, named
+    as the manifest writes it ("sample default noise_correlation") or as a call's setting ("noise correlation")."""
+    for name, v in values.items():
+        ok, fix = NOISE_RULES[name]
+        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and ok(v)):
+            raise AAError(f"sample default {name}" if manifest else name.replace("_", " "), short_repr(v), fix)
+
+
 @dataclass
 class SampleDefaults:
     """Sampling defaults a bundle ships with (what `aa-run` uses when a flag is not given)."""
@@ -55,25 +73,28 @@ class SampleDefaults:
     # (0 = each channel's mean; < 0 = off): `aa_runtime.pipeline.frame_correlated_noise`
     noise_shared_frequency: float = -1.0
     noise_progressive: float = 0.0  # correlation of each frame's initial noise with the previous frame's (0 = off)
+    free_init_iters: int = 1  # FreeInit sampling runs (1 = off): `AnimatePipeline.free_init_noise`
+    free_init_fast: bool = False  # FreeInit's coarse-to-fine sampling: run i of N takes i/N of the steps
+    # progressive c of the fresh (high-frequency) noise of FreeInit's later runs; < 0: as `noise_progressive`
+    free_init_progressive: float = -1.0
 
     def __post_init__(self):
         def number(v):
             return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
-        for name, lo in (("width", 1), ("height", 1), ("frames", 1), ("steps", 1), ("window", 1), ("overlap", 0)):
+        for name, lo in (("width", 1), ("height", 1), ("frames", 1), ("steps", 1), ("window", 1), ("overlap", 0),
+                         ("free_init_iters", 1)):
             v = getattr(self, name)
             if not (isinstance(v, int) and not isinstance(v, bool) and v >= lo):
                 raise AAError(f"sample default {name}", short_repr(v), f"use an integer ≥ {lo}")
         for name in ("fps", "guidance"):
             if not (number(getattr(self, name)) and getattr(self, name) > 0):
                 raise AAError(f"sample default {name}", short_repr(getattr(self, name)), "use a positive number")
-        if not (number(self.noise_correlation) and 0 <= self.noise_correlation < 1):
-            raise AAError("sample default noise_correlation", short_repr(self.noise_correlation), "use 0 ≤ ρ < 1")
-        if not number(self.noise_shared_frequency):
-            raise AAError("sample default noise_shared_frequency", short_repr(self.noise_shared_frequency),
-                          "use a number: r ≥ 0 cycles per latent frame, −1 = off")
-        if not (number(self.noise_progressive) and 0 <= self.noise_progressive < 1):
-            raise AAError("sample default noise_progressive", short_repr(self.noise_progressive), "use 0 ≤ c < 1")
+        if not isinstance(self.free_init_fast, bool):
+            raise AAError("sample default free_init_fast", short_repr(self.free_init_fast), "use true or false")
+        check_noise(True, noise_correlation=self.noise_correlation,
+                    noise_shared_frequency=self.noise_shared_frequency, noise_progressive=self.noise_progressive,
+                    free_init_progressive=self.free_init_progressive)
         if self.scheduler not in SCHEDULERS:
             raise AAError("sample default scheduler", short_repr(self.scheduler), f"use one of {', '.join(SCHEDULERS)}")
 

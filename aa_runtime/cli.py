@@ -52,6 +52,13 @@ from .schedulers import SCHEDULERS
 @click.option("--noise-progressive", type=float, default=None,
               help="Correlation c of each frame's initial noise with the previous frame's (progressive noise): a "
                    "steadier background, but short prompts lose their scene more often; 0 = off [default: the base's].")
+@click.option("--free-init", "free_init_iters", type=int, default=None,
+              help="FreeInit: sample N times, each run starting from the last result's low frequencies re-noised "
+                   "(N × the time); 1 = off [default: the base's].")
+@click.option("--free-init-progressive", type=float, default=None,
+              help="Progressive correlation C of the fresh noise in FreeInit's later runs (their high frequencies; "
+                   "the first run's noise as the other --noise flags say); −1 = as --noise-progressive "
+                   "[default: the base's].")
 @click.option("--window", type=int, default=None, help="Frames per denoising window [default: 16].")
 @click.option("--overlap", type=int, default=None, help="Frames shared by neighbouring windows [default: 4].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -66,18 +73,21 @@ from .schedulers import SCHEDULERS
               help="Output mp4; OUT.gif, OUT.preview.mp4 and OUT.json are written beside it.")
 def main(prompt, negative_prompt, base, motion_module, adapter, adapter_scale, loras, force, no_describe, no_retarget,
          pose, pose_backend, motion, pose_fit, frames, fps, height, width, steps, guidance, scheduler, seed,
-         noise_correlation, noise_shared_frequency, noise_progressive, window, overlap, device, dtype, backend, onnx, no_gif, output):
+         noise_correlation, noise_shared_frequency, noise_progressive, free_init_iters, free_init_progressive, window,
+         overlap, device, dtype, backend, onnx, no_gif, output):
     """Generate a video of PROMPT, moving as the --pose video or the built-in --motion says."""
     quiet_libraries()
     try:
         cfg = RunConfig(prompt=prompt, output=output, base=base, motion_module=motion_module, adapter=adapter,
-                        adapter_scale=adapter_scale, loras=loras, force=force, describe=not no_describe, retarget=not no_retarget,
-                        negative_prompt=negative_prompt, pose=pose, pose_backend=pose_backend, motion=motion,
-                        pose_fit=pose_fit, frames=frames, fps=fps, height=height, width=width, steps=steps,
-                        guidance=guidance, scheduler=scheduler, seed=seed, noise_correlation=noise_correlation,
-                        noise_shared_frequency=noise_shared_frequency, noise_progressive=noise_progressive,
-                        window=window, overlap=overlap, device=device, dtype=dtype, backend=backend, onnx=onnx,
-                        gif=not no_gif, progress=sys.stderr.isatty() or not os.environ.get("CI"))
+                        adapter_scale=adapter_scale, loras=loras, force=force, describe=not no_describe,
+                        retarget=not no_retarget, negative_prompt=negative_prompt, pose=pose, pose_backend=pose_backend,
+                        motion=motion, pose_fit=pose_fit, frames=frames, fps=fps, height=height, width=width,
+                        steps=steps, guidance=guidance, scheduler=scheduler, seed=seed,
+                        noise_correlation=noise_correlation, noise_shared_frequency=noise_shared_frequency,
+                        noise_progressive=noise_progressive, free_init_iters=free_init_iters,
+                        free_init_progressive=free_init_progressive, window=window, overlap=overlap, device=device,
+                        dtype=dtype, backend=backend, onnx=onnx, gif=not no_gif,
+                        progress=sys.stderr.isatty() or not os.environ.get("CI"))
         written = run(cfg)
     except AAError as e:
         fail(e)

@@ -41,6 +41,8 @@ class RunConfig:
     noise_correlation: float | None = None
     noise_shared_frequency: float | None = None
     noise_progressive: float | None = None
+    free_init_iters: int | None = None
+    free_init_progressive: float | None = None
     window: int | None = None
     overlap: int | None = None
     device: str = "auto"
@@ -124,7 +126,8 @@ def run(cfg: RunConfig, warn=lambda message: print(message, file=sys.stderr), ba
                scheduler=cfg.scheduler, seed=cfg.seed, window=cfg.window, overlap=cfg.overlap,
                pose_fit=cfg.pose_fit, retarget_poses=cfg.retarget, progress=cfg.progress,
                noise_correlation=cfg.noise_correlation, noise_shared_frequency=cfg.noise_shared_frequency,
-               noise_progressive=cfg.noise_progressive)
+               noise_progressive=cfg.noise_progressive, free_init_iters=cfg.free_init_iters,
+               free_init_progressive=cfg.free_init_progressive)
 
     stem = cfg.output.with_suffix("")
     written = {"video": write_video(cfg.output, out.frames, fps)}
@@ -134,13 +137,8 @@ def run(cfg: RunConfig, warn=lambda message: print(message, file=sys.stderr), ba
     sidecar = {
         "prompt": cfg.prompt, "prompt_used": pipe.describe_prompt(cfg.prompt), "negative_prompt": cfg.negative_prompt,
         "seed": cfg.seed,
-        "steps": d.steps if cfg.steps is None else cfg.steps, "scheduler": cfg.scheduler or d.scheduler,
-        "guidance": d.guidance if cfg.guidance is None else cfg.guidance,
         "frames": int(out.frames.shape[0]), "fps": fps, "width": width, "height": height,
-        "noise_correlation": d.noise_correlation if cfg.noise_correlation is None else cfg.noise_correlation,
-        "noise_shared_frequency": (d.noise_shared_frequency if cfg.noise_shared_frequency is None
-                                   else cfg.noise_shared_frequency),
-        "noise_progressive": d.noise_progressive if cfg.noise_progressive is None else cfg.noise_progressive,
+        **out.sampling,  # steps, guidance, scheduler, noise ties and FreeInit iterations as they ran
         # the windows the sampler ran (a --window longer than the clip runs as one window of the clip's length)
         "window": out.window, "overlap": out.overlap, "windows": [list(w) for w in out.windows],
         "pose_source": cfg.pose or f"motion:{cfg.motion}", "pose_fit": cfg.pose_fit,

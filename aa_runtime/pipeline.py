@@ -9,10 +9,11 @@ import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.loaders import StableDiffusionLoraLoaderMixin
+from diffusers.pipelines.free_init_utils import FreeInitMixin
 from diffusers.utils import BaseOutput
 
 from .backends import TorchBackend, UNetBackend
-from .bundle import BaseModel, SampleDefaults
+from .bundle import BaseModel, SampleDefaults, check_noise
 from .errors import AAError
 from .poses import PoseSequence, fit_poses, render_skeletons, resample_poses, retarget
 from .schedulers import CONSISTENCY, ORIGINAL_STEPS, SCHEDULERS, make_scheduler
@@ -22,7 +23,8 @@ from .schedulers import CONSISTENCY, ORIGINAL_STEPS, SCHEDULERS, make_scheduler
 class AnimateOutput(BaseOutput):
     """frames: uint8 (F, H, W, 3); pose_frames: the rendered skeletons that drove them, same shape; windows: the
     frame ranges denoised together, and the window length and overlap they came from (what ran, not what was
-    asked: a window longer than the clip runs as one window of the clip's length, with no overlap)."""
+    asked: a window longer than the clip runs as one window of the clip's length, with no overlap); sampling: the
+    steps, guidance, scheduler, noise ties and FreeInit iterations that ran (the call's values, else the bundle's)."""
 
     frames: np.ndarray
     pose_frames: np.ndarray
@@ -31,6 +33,7 @@ class AnimateOutput(BaseOutput):
     windows: list[tuple[int, int]] = field(default_factory=list)
     window: int = 0
     overlap: int = 0
+    sampling: dict = field(default_factory=dict)
 
 
 def prompt_ids(tokenizer, prompt: str) -> torch.Tensor:
@@ -125,8 +128,11 @@ def to_unit(images: np.ndarray, device, dtype) -> torch.Tensor:
     return torch.from_numpy(images).to(device).permute(0, 3, 1, 2).to(dtype) / 127.5 - 1
 
 
-class AnimatePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
-    """Pose-driven text-to-video sampling with classifier-free guidance over overlapping frame windows."""
+class AnimatePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, FreeInitMixin):
+    """Pose-driven text-to-video sampling with classifier-free guidance over overlapping frame windows.
+
+    FreeInit (Wu et al., ECCV 2024) as diffusers' AnimateDiff pipelines have it: `enable_free_init(num_iters, ...)`,
+    or `free_init_iters` per call / as the bundle's default (1 = off)."""
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
 
@@ -289,6 +295,50 @@ class AnimatePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             count[:, :, s:e] += 1
         return noise / count
 
+    def denoise(self, latents, sched, pose_latents, text, uncond, guidance, windows, scheduler_name, seed, shared,
+                progressive, progress: bool = True) -> torch.Tensor:
+        """One run of the sampler over `sched`'s timesteps from `latents` (already scaled to its first noise level)."""
+        # the consistency schedulers add fresh noise between steps: from a CPU generator of their own, seeded
+        step_kw = {"generator": torch.Generator("cpu").manual_seed(seed + 1)} if scheduler_name in CONSISTENCY else {}
+        # LCM re-noises between steps: those noises get their frames tied as the first one's are
+        tied = scheduler_name == "lcm" and (shared >= 0 or progressive > 0)
+        renoise = torch.Generator("cpu").manual_seed(seed + 2) if tied else None
+        for t in self.progress_bar(sched.timesteps) if progress else sched.timesteps:
+            x = sched.scale_model_input(latents, t)
+            eps = self.predict_noise(x, pose_latents, t, text, uncond, guidance, windows)
+            stepped = sched.step(eps, t, latents, return_dict=False, **step_kw)
+            latents = stepped[0]
+            if renoise is not None and sched.step_index < len(sched.timesteps):  # re-noised towards the next step
+                alpha = sched.alphas_cumprod[sched.timesteps[sched.step_index]].to(latents.device, torch.float32)
+                latents = tied_renoise(latents, stepped[1], alpha, renoise, shared, progressive).to(latents.dtype)
+        return latents
+
+    def free_init_steps(self, steps: int, iteration: int, iterations: int) -> int:
+        """Steps of FreeInit run `iteration` (from 0) of `iterations`: all of them, or with coarse-to-fine
+        sampling (`enable_free_init(use_fast_sampling=True)`, else the bundle's `free_init_fast`) ⌊steps·(i+1)/N⌋,
+        at least 1, so the last run takes all."""
+        fast = self._free_init_use_fast_sampling if self.free_init_enabled else self.defaults.free_init_fast
+        if fast and iterations > 1:
+            return max(1, int(steps / iterations * (iteration + 1)))
+        return steps
+
+    def free_init_noise(self, latents: torch.Tensor, noise: torch.Tensor, fresh: torch.Tensor,
+                        alpha_prod: torch.Tensor) -> torch.Tensor:
+        """FreeInit's re-initialisation, float (B, C, F, h, w): the clean `latents` diffused with the first run's
+        `noise` to the level ᾱ the sampler starts from (at ᾱ ≈ 0.01 the clip is still in the low frequencies),
+        its low spatio-temporal frequencies kept by diffusers' FreeInit filter (Butterworth order 4, stop frequency
+        0.25 in space and time unless `enable_free_init` says otherwise), the high ones from `fresh` noise."""
+        enabled = self.free_init_enabled
+        low_pass = self._get_free_init_freq_filter(
+            (1, *latents.shape[1:]), latents.device,
+            filter_type=self._free_init_method if enabled else "butterworth",
+            order=self._free_init_order if enabled else 4,
+            spatial_stop_frequency=self._free_init_spatial_stop_frequency if enabled else 0.25,
+            temporal_stop_frequency=self._free_init_temporal_stop_frequency if enabled else 0.25)
+        alpha_prod = alpha_prod.float()
+        diffused = alpha_prod ** 0.5 * latents + (1 - alpha_prod) ** 0.5 * noise
+        return self._apply_freq_filter(diffused, fresh, low_pass)
+
     # ------------------------------------------------------------------------------------- call
     @torch.no_grad()
     def __call__(self, prompt: str, poses: PoseSequence, *, negative_prompt: str = "",
@@ -298,7 +348,8 @@ class AnimatePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
                  window: int | None = None, overlap: int | None = None, pose_fit: str = "person",
                  retarget_poses: bool = True, decode_chunk_size: int = 8, progress: bool = True,
                  noise_correlation: float | None = None,
-                 noise_shared_frequency: float | None = None, noise_progressive: float | None = None) -> AnimateOutput:
+                 noise_shared_frequency: float | None = None, noise_progressive: float | None = None,
+                 free_init_iters: int | None = None, free_init_progressive: float | None = None) -> AnimateOutput:
         # None means "the default"; any value given is checked as given (0 frames, 0 steps, an overlap as long as the
         # window are refused, not replaced)
         d = self.defaults
@@ -314,14 +365,17 @@ class AnimatePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         rho = d.noise_correlation if noise_correlation is None else noise_correlation
         shared = d.noise_shared_frequency if noise_shared_frequency is None else noise_shared_frequency
         progressive = d.noise_progressive if noise_progressive is None else noise_progressive
+        if free_init_iters is None:
+            free_init_iters = self._free_init_num_iters if self.free_init_enabled else d.free_init_iters
+        fresh_progressive = d.free_init_progressive if free_init_progressive is None else free_init_progressive
         self.check_inputs(prompt, poses, num_frames, fps, height, width, steps, guidance, scheduler_name, window,
                           overlap)
-        if not 0 <= rho < 1:
-            raise AAError("noise correlation", rho, "use 0 ≤ ρ < 1 (0 = independent noise per frame)")
-        if not (isinstance(shared, (int, float)) and math.isfinite(shared)):
-            raise AAError("noise shared frequency", shared, "use a number: r ≥ 0 cycles per latent frame, −1 = off")
-        if not (isinstance(progressive, (int, float)) and 0 <= progressive < 1):
-            raise AAError("noise progressive", progressive, "use 0 ≤ c < 1 (0 = off)")
+        check_noise(noise_correlation=rho, noise_shared_frequency=shared, noise_progressive=progressive,
+                    free_init_progressive=fresh_progressive)
+        if fresh_progressive < 0:  # the fresh noise of FreeInit's later runs is tied as the first run's
+            fresh_progressive = progressive
+        if not (isinstance(free_init_iters, int) and 1 <= free_init_iters <= 8):
+            raise AAError("FreeInit iterations", free_init_iters, "use 1 (off) to 8")
         device, dtype = self.unet.device, self.unet.dtype
         timings, t0 = {}, time.perf_counter()
 
@@ -338,30 +392,31 @@ class AnimatePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         timings["prepare_poses_s"] = time.perf_counter() - t1
 
         # 3. prepare latents: noise from a CPU generator, so a seed gives the same video on any device
-        sched = make_scheduler(scheduler_name, self.scheduler_config)
-        sched.set_timesteps(steps, device=device)
         c = int(self.unet.config.out_channels)
         shape = (1, c, num_frames, height // self.vae_scale, width // self.vae_scale)
-        latents = initial_noise(shape, seed, rho, shared, progressive).to(device, dtype) * sched.init_noise_sigma
+        noise = initial_noise(shape, seed, rho, shared, progressive)
 
-        # 4. denoise over overlapping windows
+        # 4. denoise over overlapping windows; with FreeInit, again from the result's low frequencies re-noised
         t2 = time.perf_counter()
         windows = context_windows(num_frames, window, overlap)
-        # the consistency schedulers add fresh noise between steps: from a CPU generator of their own, seeded
-        step_kw = {"generator": torch.Generator("cpu").manual_seed(seed + 1)} if scheduler_name in CONSISTENCY else {}
-        # LCM re-noises between steps: those noises get their frames tied as the first one's are
-        tied = scheduler_name == "lcm" and (shared >= 0 or progressive > 0)
-        renoise = torch.Generator("cpu").manual_seed(seed + 2) if tied else None
-        for t in self.progress_bar(sched.timesteps) if progress else sched.timesteps:
-            x = sched.scale_model_input(latents, t)
-            eps = self.predict_noise(x, pose_latents, t, text, uncond, guidance, windows)
-            stepped = sched.step(eps, t, latents, return_dict=False, **step_kw)
-            latents = stepped[0]
-            if renoise is not None and sched.step_index < len(sched.timesteps):  # re-noised towards the next step
-                alpha = sched.alphas_cumprod[sched.timesteps[sched.step_index]].to(device, torch.float32)
-                latents = tied_renoise(latents, stepped[1], alpha, renoise, shared, progressive).to(dtype)
+        evals, latents = 0, None
+        for it in range(free_init_iters):
+            it_steps = self.free_init_steps(steps, it, free_init_iters)
+            sched = make_scheduler(scheduler_name, self.scheduler_config)
+            sched.set_timesteps(it_steps, device=device)
+            if it == 0:
+                start = noise
+            else:  # FreeInit: low spatio-temporal frequencies of the result diffused to the first step, the rest fresh
+                fresh = frame_correlated_noise(shape, torch.Generator("cpu").manual_seed(seed + 3 + it), rho, shared,
+                                               fresh_progressive)
+                start = self.free_init_noise(latents.float().cpu(), noise, fresh,
+                                             sched.alphas_cumprod[int(sched.timesteps[0])])
+            latents = start.to(device, dtype) * sched.init_noise_sigma
+            latents = self.denoise(latents, sched, pose_latents, text, uncond, guidance, windows, scheduler_name,
+                                   seed, shared, progressive, progress)
+            evals += it_steps * len(windows) * (2 if guidance > 1 else 1)
         timings["denoise_s"] = time.perf_counter() - t2
-        timings["unet_evals"] = steps * len(windows) * (2 if guidance > 1 else 1)
+        timings["unet_evals"] = evals
 
         # 5. decode
         t3 = time.perf_counter()
@@ -369,5 +424,9 @@ class AnimatePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         timings["decode_s"] = time.perf_counter() - t3
         timings["total_s"] = time.perf_counter() - t0
         ran_overlap = windows[0][1] - windows[1][0] if len(windows) > 1 else 0
+        sampling = {"steps": steps, "guidance": guidance, "scheduler": scheduler_name, "noise_correlation": rho,
+                    "noise_shared_frequency": shared, "noise_progressive": progressive,
+                    "free_init_iters": free_init_iters,
+                    "free_init_progressive": fresh_progressive if free_init_iters > 1 else None}
         return AnimateOutput(frames=frames, pose_frames=pose_frames, seed=seed, timings=timings, windows=windows,
-                             window=windows[0][1] - windows[0][0], overlap=ran_overlap)
+                             window=windows[0][1] - windows[0][0], overlap=ran_overlap, sampling=sampling)

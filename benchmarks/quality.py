@@ -33,6 +33,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 METRICS = ("id_accuracy", "scene_accuracy", "object_accuracy", "pose_iou", "background_leakage", "temporal_flicker")
 
 
+NOISE_KEYS = ("noise_correlation", "noise_shared_frequency", "noise_progressive", "free_init_iters",
+              "free_init_progressive")
+
+
 @dataclass(frozen=True)
 class ClipSampling:
     """How the base and scenes reports sample their 16-frame clips; the noise settings None = the bundle's defaults."""
@@ -44,6 +48,12 @@ class ClipSampling:
     noise_correlation: float | None = None
     noise_shared_frequency: float | None = None
     noise_progressive: float | None = None
+    free_init_iters: int | None = None
+    free_init_progressive: float | None = None
+
+    def noise(self) -> dict:
+        """The pipeline's noise and FreeInit keywords (None: the bundle's default)."""
+        return {k: getattr(self, k) for k in NOISE_KEYS}
 
 
 @dataclass(frozen=True)
@@ -173,17 +183,15 @@ VARIANTS = {  # ablations: what each changes in the identity job
 REFERENCE_BUCKETS = ("ceiling", "floor", "description")
 
 
-def _generate(pipe, prompt: str, clip, steps: int, guidance: float, seed: int,
-              noise_correlation: float | None = None, noise_shared_frequency: float | None = None,
-              noise_progressive: float | None = None) -> np.ndarray:
+def _generate(pipe, prompt: str, clip, steps: int, guidance: float, seed: int, **noise) -> np.ndarray:
+    """`clip`'s poses, frames and size sampled from `prompt`; `noise`: `ClipSampling.noise()` keywords."""
     from aa_runtime.poses import PoseSequence
 
     h, w = clip.frames.shape[1:3]
     poses = PoseSequence(clip.keypoints, w, h, clip.spec.fps)
     out = pipe(prompt, poses, num_frames=len(clip.frames), fps=clip.spec.fps, height=h, width=w,
                num_inference_steps=steps, guidance_scale=guidance, seed=seed, pose_fit="frame",
-               retarget_poses=False, progress=False, noise_correlation=noise_correlation,
-               noise_shared_frequency=noise_shared_frequency, noise_progressive=noise_progressive)
+               retarget_poses=False, progress=False, **noise)
     return out.frames
 
 
@@ -235,13 +243,11 @@ def run_base(scn: BaseScenario, base_path: str | None) -> dict:
     rows, short, ceiling = [], [], []
     for i, clip in enumerate(base_clips(scn, base.defaults.width)):
         caption = full_caption(clip.identity, clip.spec.motion, clip.spec.scene, clip.spec.objects)
-        frames = _generate(pipe, caption, clip, scn.steps, scn.guidance, scn.seed + i, scn.noise_correlation,
-                           scn.noise_shared_frequency, scn.noise_progressive)
+        frames = _generate(pipe, caption, clip, scn.steps, scn.guidance, scn.seed + i, **scn.noise())
         rows.append(score_video(judge, frames, clip, clip.spec.scene, clip.spec.objects) | {"caption": caption})
         # what a user types: the class word, motion and scene only (the scene must hold without the long caption)
         brief = class_caption(clip.identity.class_word, clip.spec.motion, clip.spec.scene, clip.spec.objects)
-        frames = _generate(pipe, brief, clip, scn.steps, scn.guidance, scn.seed + i, scn.noise_correlation,
-                           scn.noise_shared_frequency, scn.noise_progressive)
+        frames = _generate(pipe, brief, clip, scn.steps, scn.guidance, scn.seed + i, **scn.noise())
         short.append(score_video(judge, frames, clip, clip.spec.scene, clip.spec.objects) | {"caption": brief})
         ceiling.append(score_video(judge, clip.frames, clip, clip.spec.scene, clip.spec.objects))
         print(f"[base] {i + 1}/{scn.clips} scene {rows[-1]['scene_accuracy']:.2f} pose IoU {rows[-1]['pose_iou']:.2f}"
@@ -278,8 +284,7 @@ def run_scenes(scn: ScenesScenario, base_path: str | None) -> dict:
     rows = []
     for i, clip in enumerate(clips):
         brief = class_caption(clip.identity.class_word, clip.spec.motion, clip.spec.scene)
-        frames = _generate(pipe, brief, clip, scn.steps, scn.guidance, scn.seed + i, scn.noise_correlation,
-                           scn.noise_shared_frequency, scn.noise_progressive)
+        frames = _generate(pipe, brief, clip, scn.steps, scn.guidance, scn.seed + i, **scn.noise())
         rows.append(score_video(judge, frames, clip, clip.spec.scene) | {"caption": brief, "scene": clip.spec.scene})
         print(f"[scenes] {i + 1}/{len(clips)} {brief!r}: scene {rows[-1]['scene_accuracy']:.2f}", file=sys.stderr)
     per_scene = {}
@@ -733,6 +738,10 @@ def main(argv=None) -> int:
                     "[the bundle's default]")
     ap.add_argument("--noise-progressive", type=float, default=None, help="base and scenes reports: correlation "
                     "of each frame's initial noise with the previous frame's [the bundle's default]")
+    ap.add_argument("--free-init", dest="free_init_iters", type=int, default=None, help="base and scenes reports: "
+                    "FreeInit sampling runs (1 = off) [the bundle's default]")
+    ap.add_argument("--free-init-progressive", type=float, default=None, help="base and scenes reports: "
+                    "progressive c of FreeInit's fresh noise (−1 = as --noise-progressive) [the bundle's default]")
     ap.add_argument("--name", default=None, help="report file stem [quality_<report>]")
     ap.add_argument("--stage1-steps", type=int, default=None)
     ap.add_argument("--stage2-steps", type=int, default=None)
@@ -747,12 +756,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     given = {k: v for k, v in vars(args).items() if v is not None}
     if args.report == "base":
-        scn = BaseScenario(**{k: given[k] for k in ("clips", "steps", "noise_correlation", "noise_shared_frequency",
-                                                  "noise_progressive") if k in given})
+        scn = BaseScenario(**{k: given[k] for k in ("clips", "steps", *NOISE_KEYS) if k in given})
         result = run_base(scn, args.base)
     elif args.report == "scenes":
-        scn = ScenesScenario(**{k: given[k] for k in ("per_scene", "steps", "noise_correlation",
-                                                    "noise_shared_frequency", "noise_progressive") if k in given})
+        scn = ScenesScenario(**{k: given[k] for k in ("per_scene", "steps", *NOISE_KEYS) if k in given})
         result = run_scenes(scn, args.base)
     elif args.report == "attention":
         scn = AttentionScenario(**{k: given[k] for k in ("clips",) if k in given})

@@ -93,6 +93,7 @@ def test_aa_run_few_step_with_a_lora_folded_in(tiny_bundle, tiny_base, tmp_path)
     (["--motion", "wave", "--lora", "fast.safetensors:0.5"], "lora: fast.safetensors does not exist"),
     (["--motion", "wave", "--scheduler", "tcd", "--steps", "80"], "steps: 80 — the tcd scheduler runs 1 to 50"),
     (["--motion", "wave", "--adapter", "a.safetensors", "--adapter-scale", "-1"], "adapter-scale: -1.0 — use 0"),
+    (["--motion", "wave", "--free-init", "0"], "FreeInit iterations: 0 — use 1 (off) to 8"),
 ])
 def test_bad_inputs_are_one_line(tiny_bundle, pose_json, tmp_path, args, expected):
     args = [str(pose_json) if a == "P" else a for a in args]
@@ -129,7 +130,7 @@ def test_negative_frames_is_one_line_in_a_real_process(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_sidecar_records_the_windows_that_ran(tiny_bundle, tmp_path):
+def test_sidecar_records_the_windows_and_sampling_that_ran(tiny_bundle, tmp_path):
     """A --window longer than the clip runs as one window of the clip's length: the sidecar says so (it said 16/4)."""
     out = tmp_path / "w.mp4"
     res = CliRunner().invoke(main, ["--base", str(tiny_bundle), "--prompt", "a man", "--motion", "wave", "--frames",
@@ -143,6 +144,15 @@ def test_sidecar_records_the_windows_that_ran(tiny_bundle, tmp_path):
     side = json.loads(out.with_suffix(".json").read_text())
     # windows [0, 4) and [2, 6): the last one ends at the clip's end, so neighbours share 2 frames, not 1
     assert (side["window"], side["overlap"], side["windows"]) == (4, 2, [[0, 4], [2, 6]])
+    # the sampling settings as they ran: the flags given, the bundle's defaults for the rest
+    res = CliRunner().invoke(main, ["--base", str(tiny_bundle), "--prompt", "a man", "--motion", "wave", "--frames",
+                                    "4", "--steps", "2", "--free-init", "2", "--noise-progressive", "0.5", "--no-gif",
+                                    "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert {k: side[k] for k in ("steps", "free_init_iters", "noise_progressive", "noise_shared_frequency")} == {
+        "steps": 2, "free_init_iters": 2, "noise_progressive": 0.5, "noise_shared_frequency": -1.0}
+    assert side["timings"]["unet_evals"] == 2 * 2 * 2  # two runs of 2 steps, guided
 
 
 def test_pose_video_with_sidecar(tiny_bundle, tmp_path):

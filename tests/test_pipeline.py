@@ -1,4 +1,6 @@
 """AnimatePipeline: determinism, guidance, pose conditioning, windowed sampling, input checks."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -315,3 +317,87 @@ def test_consistency_schedulers_refuse_more_steps_than_their_schedule(pipe, pose
     with pytest.raises(AAError) as e:
         pipe("a man", poses, scheduler="lcm", num_inference_steps=60, progress=False)
     assert str(e.value) == "steps: 60 — the lcm scheduler runs 1 to 50 steps (4 is typical)"
+
+
+def _butterworth_low_pass(f: int, h: int, w: int, d_s: float, d_t: float, order: int) -> np.ndarray:
+    """FreeInit's low-pass filter (Wu et al. 2024, eq. 5) in numpy, in FFT order: 1 / (1 + (d² / d_s²)^n) with
+    d² = ((d_s / d_t) · ν_t)² + ν_h² + ν_w², each ν the frequency in cycles per sample × 2 (so ±1 at Nyquist)."""
+    nt, nh, nw = np.meshgrid(2 * np.fft.fftfreq(f), 2 * np.fft.fftfreq(h), 2 * np.fft.fftfreq(w), indexing="ij")
+    d2 = ((d_s / d_t) * nt) ** 2 + nh ** 2 + nw ** 2
+    return 1 / (1 + (d2 / d_s ** 2) ** order)
+
+
+def test_free_init_noise_keeps_the_diffused_result_low_frequencies_and_fresh_high_ones(pipe):
+    """FreeInit's re-initialisation against numpy: z = √ᾱ·x + √(1−ᾱ)·ε, then F⁻¹(L·F(z) + (1−L)·F(fresh)) with
+    the Butterworth low-pass L over time, height and width."""
+    g = torch.Generator().manual_seed(0)
+    x, eps, fresh = (torch.randn(1, 4, 8, 16, 16, generator=g) for _ in range(3))
+    alpha = torch.tensor(0.01)
+    got = pipe.free_init_noise(x, eps, fresh, alpha).numpy()
+    z = (alpha.sqrt() * x + (1 - alpha).sqrt() * eps).numpy()
+    low = _butterworth_low_pass(8, 16, 16, 0.25, 0.25, 4)
+    axes = (-3, -2, -1)
+    want = np.fft.ifftn(low * np.fft.fftn(z, axes=axes) + (1 - low) * np.fft.fftn(fresh.numpy(), axes=axes),
+                        axes=axes).real
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    assert abs(got.std() - 1) < 0.05  # still unit-variance noise to the sampler
+
+
+def test_free_init_reruns_the_sampler_from_its_own_result(pipe, poses):
+    """free_init_iters = 1 is the plain sampler bit for bit; N runs it N times, the second run starting from
+    `free_init_noise` of the first's result with its own seeded fresh noise; coarse-to-fine runs fewer steps first.
+    `sampling` reports what ran."""
+    from aa_runtime.pipeline import initial_noise
+
+    plain = pipe("a man", poses, seed=2, **FAST)
+    assert np.array_equal(plain.frames, pipe("a man", poses, seed=2, free_init_iters=1, **FAST).frames)
+    assert plain.sampling["free_init_iters"] == pipe.defaults.free_init_iters == 1
+
+    def spied(**kw):
+        starts, results, denoise = [], [], pipe.denoise
+
+        def spy(latents, sched, *args, **kwargs):
+            starts.append((latents.clone(), sched.alphas_cumprod[int(sched.timesteps[0])]))
+            results.append(denoise(latents, sched, *args, **kwargs))
+            return results[-1]
+
+        pipe.denoise = spy
+        try:
+            return pipe("a man", poses, seed=2, free_init_iters=2, **kw, **FAST), starts, results
+        finally:
+            del pipe.denoise
+
+    for fresh_progressive in (None, 0.6):  # None: the fresh noise tied as the first run's (here: not at all)
+        twice, starts, results = spied(free_init_progressive=fresh_progressive)
+        assert len(starts) == 2 and twice.timings["unet_evals"] == 2 * plain.timings["unet_evals"]
+        noise = initial_noise(tuple(starts[0][0].shape), 2)
+        assert torch.equal(starts[0][0], noise)  # DDIM's first noise level is 1
+        fresh = initial_noise(tuple(noise.shape), 2 + 3 + 1, progressive=fresh_progressive or 0.0)
+        want = pipe.free_init_noise(results[0].float(), noise, fresh, starts[1][1])
+        assert torch.allclose(starts[1][0], want, atol=1e-6)
+        assert not np.array_equal(twice.frames, plain.frames)
+        assert (twice.sampling["free_init_iters"], twice.sampling["free_init_progressive"]) == (
+            2, fresh_progressive or 0.0)
+
+    pipe.enable_free_init(num_iters=2, use_fast_sampling=True)
+    try:
+        fast = pipe("a man", poses, seed=2, **FAST)
+    finally:
+        pipe.disable_free_init()
+    assert fast.sampling["free_init_iters"] == 2
+    assert fast.timings["unet_evals"] == plain.timings["unet_evals"] // 3 * (1 + 3)  # 1 step, then 3
+    shipped = pipe.defaults
+    pipe.defaults = dataclasses.replace(shipped, free_init_iters=2, free_init_fast=True)  # a bundle's defaults
+    try:
+        from_bundle = pipe("a man", poses, seed=2, **FAST)
+    finally:
+        pipe.defaults = shipped
+    np.testing.assert_array_equal(from_bundle.frames, fast.frames)
+    with pytest.raises(AAError, match="FreeInit iterations"):
+        pipe("a man", poses, free_init_iters=0, **FAST)
+    with pytest.raises(AAError, match="free_init_iters"):
+        SampleDefaults(free_init_iters=0)
+    with pytest.raises(AAError, match="free_init_fast"):
+        SampleDefaults(free_init_fast="yes")
+    with pytest.raises(AAError, match="free init progressive"):
+        pipe("a man", poses, free_init_iters=2, free_init_progressive=1.0, **FAST)
