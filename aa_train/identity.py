@@ -392,12 +392,14 @@ def encode_frames(pipe: AnimatePipeline, frames: np.ndarray) -> torch.Tensor:
 def class_samples(pipe: AnimatePipeline, data, cfg: IdentityTrainConfig, cache_dir: Path,
                   caption: str | None = None, poses: PoseSequence | None = None) -> np.ndarray:
     """Prior-preservation samples: the base's video of the class caption (or `caption`) in the reference poses (or
-    `poses`), generated once and cached by (base, caption, poses, seed, steps). uint8 (F, R, R, 3)."""
+    `poses`), generated once and cached by (base, its sampling defaults, caption, poses, seed, steps). uint8
+    (F, R, R, 3)."""
     res = data.frames.shape[1]
     caption = caption or data.class_caption
     poses = poses or PoseSequence(data.keypoints, res, res, data.fps)
-    key = hashlib.sha256(json.dumps([pipe.fingerprint, caption, cfg.seed, cfg.prior_steps, res,
-                                     hashlib.sha256(poses.keypoints.tobytes()).hexdigest()]).encode()).hexdigest()[:16]
+    what = [pipe.fingerprint, asdict(pipe.defaults), caption, cfg.seed, cfg.prior_steps, res,
+            hashlib.sha256(poses.keypoints.tobytes()).hexdigest()]
+    key = hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
     path = cache_dir / f"prior-{key}.npy"
     if path.is_file():
         return np.load(path)
