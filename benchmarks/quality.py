@@ -16,7 +16,7 @@ import platform
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -260,8 +260,6 @@ def run_base(scn: BaseScenario, base_path: str | None) -> dict:
 
 def scenes_clips(scn: ScenesScenario, size: int) -> list:
     """The scenes report's clips: for every scene, `per_scene` renders of evaluation identities in it, no objects."""
-    from dataclasses import replace
-
     from aa_world.clips import render_clip, sample_clip_spec
     from aa_world.scenes import SCENES
 
@@ -359,8 +357,6 @@ def run_attention(scn: AttentionScenario, base_path: str | None) -> dict:
 
 def one_reference_frame(ref):
     """The single-frame ablation: the middle frame of the prepared reference alone."""
-    from dataclasses import replace
-
     mid = len(ref.data.frames) // 2
     keep = slice(mid, mid + 1)
     return replace(ref, data=replace(ref.data, frames=ref.data.frames[keep], keypoints=ref.data.keypoints[keep],
